@@ -1,0 +1,239 @@
+"""Typed configuration: dataclasses with defaults, TOML experiment files, `--set a.b=v` overrides.
+
+Every key is type-checked and unknown keys are rejected with the list of valid ones. The resolved
+config (after file and overrides) is stored in every checkpoint and timing record.
+"""
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from hpclm.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0          # 0 = taken from the tokenizer at train time
+    block_size: int = 64         # T, the context length
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128            # C
+    tie_weights: bool = True     # output head shares wte (GPT-2); False = separate lm_head.weight (C, V)
+
+    def validate(self):
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise UserError(f"model.vocab_size must be >= 0, got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+
+
+@dataclass
+class DataConfig:
+    path: str = ""               # text file; "" = the built-in generated corpus
+    tokenizer: str = "char"      # char | byte
+    val_fraction: float = 0.1    # the last fraction of the token stream is the validation split
+    cache_dir: str = ""          # where token arrays are cached; "" = ~/.cache/hpclm
+    builtin_chars: int = 1_000_000  # size of the built-in corpus
+
+    def validate(self):
+        if self.tokenizer not in ("char", "byte"):
+            raise UserError(f"data.tokenizer must be 'char' or 'byte', got {self.tokenizer!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.builtin_chars < 1000:
+            raise UserError(f"data.builtin_chars must be >= 1000, got {self.builtin_chars}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"          # sgd | momentum | adamw
+    lr: float = 1e-3             # peak learning rate
+    min_lr: float = 1e-4         # floor of the cosine decay
+    warmup_steps: int = 100
+    decay_steps: int = 0         # cosine decay length; 0 = train.max_steps
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1    # decoupled, on 2-D weights only
+    momentum: float = 0.9        # for name = momentum
+    nesterov: bool = False
+    grad_clip: float = 1.0       # global-norm clip; 0 = off
+
+    def validate(self):
+        if self.name not in ("sgd", "momentum", "adamw"):
+            raise UserError(f"optim.name must be one of sgd, momentum, adamw; got {self.name!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise UserError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise UserError("optim.warmup_steps and optim.decay_steps must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise UserError("optim.grad_clip and optim.weight_decay must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 12         # global batch in sequences per optimizer step
+    grad_accum: int = 1          # micro-batches per step (per rank)
+    eval_interval: int = 250     # evaluate every N steps (and at the end); 0 = only at the end
+    eval_batches: int = 20       # validation batches per evaluation
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # save every N steps (and at the end); 0 = only at the end
+    seed: int = 1337
+    dtype: str = "float32"       # float32 | float64
+    device: str = "cpu"          # cpu | gpu
+    out_dir: str = "runs/default"
+
+    def validate(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"train.dtype must be float32 or float64, got {self.dtype!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise UserError(f"train.device must be cpu or gpu, got {self.device!r}")
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
+
+
+@dataclass
+class CommConfig:
+    algorithm: str = "mpi"       # all-reduce algorithm for gradients, see hpclm.comm.ALGORITHMS
+    cuda_aware: str = "auto"     # auto | on | off: hand device buffers to MPI directly
+
+    def validate(self):
+        if self.cuda_aware not in ("auto", "on", "off"):
+            raise UserError(f"comm.cuda_aware must be auto, on or off; got {self.cuda_aware!r}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+
+    def validate(self):
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _coerce(value, typ, where):
+    """Check `value` against the field type; ints are accepted for floats. Returns the typed value."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _parse_scalar(text, typ, where):
+    """Parse a command-line value for a field of type `typ`."""
+    if typ is str:
+        return text
+    if typ is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"{where}: expected true or false, got {text!r}")
+    try:
+        return typ(text) if typ is float else int(text, 0)
+    except ValueError:
+        raise UserError(f"{where}: expected {typ.__name__}, got {text!r}") from None
+
+
+def _section(cfg, name, where):
+    names = [f.name for f in fields(cfg)]
+    if name not in names:
+        raise UserError(f"{where}: unknown section {name!r}; valid sections: {', '.join(names)}")
+    return getattr(cfg, name)
+
+
+def _field_type(section_obj, section, key, where):
+    types = {f.name: f.type for f in fields(section_obj)}
+    if key not in types:
+        raise UserError(f"{where}: unknown key {section}.{key}; valid keys of [{section}]: {', '.join(types)}")
+    typ = types[key]
+    return eval(typ) if isinstance(typ, str) else typ  # noqa: S307  (annotations are builtin names)
+
+
+def apply_dict(cfg, data, where="config"):
+    """Set values from a nested mapping {section: {key: value}}, with type checks."""
+    for section, values in data.items():
+        obj = _section(cfg, section, where)
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: [{section}] must be a table of key = value")
+        for key, value in values.items():
+            typ = _field_type(obj, section, key, where)
+            setattr(obj, key, _coerce(value, typ, f"{where}: {section}.{key}"))
+    return cfg
+
+
+def apply_override(cfg, assignment):
+    """Apply one `section.key=value` override from the command line."""
+    where = f"--set {assignment}"
+    if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
+        raise UserError(f"{where}: expected section.key=value, e.g. model.n_layer=6")
+    path, text = assignment.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    obj = _section(cfg, section, where)
+    typ = _field_type(obj, section, key, where)
+    setattr(obj, key, _parse_scalar(text.strip(), typ, where))
+    return cfg
+
+
+def load_toml(path):
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def build_config(toml_path=None, overrides=(), base=None):
+    """Defaults <- TOML file <- `--set` overrides, then validate. Raises UserError on any problem."""
+    cfg = base if base is not None else Config()
+    if toml_path:
+        apply_dict(cfg, load_toml(toml_path), where=str(toml_path))
+    for assignment in overrides:
+        apply_override(cfg, assignment)
+    return cfg.validate()
+
+
+def config_from_json(text):
+    """The Config stored in a checkpoint or timing record."""
+    return apply_dict(Config(), json.loads(text), where="stored config").validate()

@@ -1,0 +1,20 @@
+# Sourced by the quickstart scripts: make ./.venv with hpclm, an MPI from PyPI (mpich) and the
+# test tools, once; later calls only re-install when setup.py changed. Needs only python3 + pip.
+set -euo pipefail
+HPCLM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HPCLM_VENV:-$HPCLM_ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[hpclm] creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV" 2>/dev/null || {
+    "$PYTHON" -m pip install --user --quiet virtualenv && "$PYTHON" -m virtualenv --quiet "$VENV"; }
+fi
+STAMP="$VENV/.hpclm-installed"
+if [ ! -f "$STAMP" ] || [ "$HPCLM_ROOT/setup.py" -nt "$STAMP" ]; then
+  echo "[hpclm] installing hpclm with mpich, mpi4py, numpy, h5py, pytest, matplotlib into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$HPCLM_ROOT[mpich,test]"
+  touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+cd "$HPCLM_ROOT"

@@ -1,0 +1,31 @@
+"""hpclm: communication-efficient training of GPT-style models with mpi4py + NumPy/CuPy."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "hpclm" / "version.py").read_text(), version)
+
+setup(
+    name="hpclm",
+    version=version["__version__"],
+    description="Communication-efficient distributed training of Transformer LMs, written out in Python",
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hpclm", "hpclm.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "mpi4py>=4.0",
+        "tomli>=2.0; python_version<'3.11'",
+    ],
+    extras_require={
+        "mpich": ["mpich"],  # an MPI from PyPI for laptops and CI; clusters bring their own
+        "gpu": ["cupy-cuda12x"],
+        "plots": ["matplotlib"],
+        "test": ["pytest", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["hpclm=hpclm.cli:main"]},
+)
