@@ -1,0 +1,188 @@
+"""GPT layers as forward/backward pairs, written against the active array module (NumPy or CuPy).
+
+`<layer>_forward(...) -> (out, cache)` keeps only what the backward needs.
+`<layer>_backward(dout, cache, <grad views>) -> dx` ADDS parameter gradients into the given
+(preallocated) views and returns the gradient of the input.
+
+Dimension legend:
+    B batch, T time (sequence), C channels (n_embd), H heads, D = C / H head size,
+    V vocabulary, N = B * T rows. Activations are kept as (N, C) row matrices.
+"""
+import math
+
+from hpclm import xp as X
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+LN_EPS = 1e-5
+
+
+# ---------------------------------------------------------------------------------------- embedding
+def embedding_forward(idx, wte, wpe):
+    """idx (B, T) ints -> x (N, C) = wte[idx] + wpe[t]."""
+    B, T = idx.shape
+    C = wte.shape[1]
+    x = wte[idx.reshape(-1)]                                   # (N, C)
+    x.reshape(B, T, C)[...] += wpe[:T]                         # broadcast over B
+    return x, idx
+
+
+def embedding_backward(dx, idx, dwte, dwpe):
+    B, T = idx.shape
+    C = dx.shape[1]
+    xp = X.array_module(dx)
+    dwpe[:T] += dx.reshape(B, T, C).sum(axis=0)                # (T, C)
+    xp.add.at(dwte, idx.reshape(-1), dx)                       # scatter-add rows (repeated ids add up)
+
+
+# ---------------------------------------------------------------------------------------- layernorm
+def layernorm_forward(x, weight, bias):
+    """x (N, C) -> weight * (x - mean) / sqrt(var + eps) + bias."""
+    xp = X.array_module(x)
+    mean = x.mean(axis=1, keepdims=True)                       # (N, 1)
+    xhat = x - mean                                            # (N, C)
+    var = xp.einsum("nc,nc->n", xhat, xhat)[:, None] / x.shape[1]
+    rstd = 1.0 / xp.sqrt(var + LN_EPS)                         # (N, 1)
+    xhat *= rstd
+    out = xhat * weight
+    out += bias
+    return out, (xhat, rstd, weight)
+
+
+def layernorm_backward(dout, cache, dweight, dbias):
+    xhat, rstd, weight = cache
+    xp = X.array_module(dout)
+    dbias += dout.sum(axis=0)
+    dweight += xp.einsum("nc,nc->c", dout, xhat)
+    dxhat = dout * weight                                      # (N, C)
+    C = dout.shape[1]
+    mean_dxhat = dxhat.mean(axis=1, keepdims=True)             # (N, 1)
+    mean_dxhat_xhat = xp.einsum("nc,nc->n", dxhat, xhat)[:, None] / C
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dxhat -= mean_dxhat
+    xhat_term = xhat * mean_dxhat_xhat
+    dxhat -= xhat_term
+    dxhat *= rstd
+    return dxhat
+
+
+# ---------------------------------------------------------------------------------------- linear
+def linear_forward(x, weight, bias):
+    """x (N, Cin) @ weight (Cin, Cout) + bias (Cout,) -> (N, Cout)."""
+    out = x @ weight
+    if bias is not None:
+        out += bias
+    return out, x
+
+
+def linear_backward(dout, x, weight, dweight, dbias, need_dx=True):
+    """dout (N, Cout). Adds x^T dout into dweight and column sums into dbias; returns dout @ W^T."""
+    dweight += x.T @ dout                                      # (Cin, Cout)
+    if dbias is not None:
+        dbias += dout.sum(axis=0)
+    return dout @ weight.T if need_dx else None                # (N, Cin)
+
+
+# ---------------------------------------------------------------------------------------- GELU
+def gelu_forward(h):
+    """GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))."""
+    xp = X.array_module(h)
+    t = h * h                                                  # (N, 4C)
+    t *= GELU_CUBIC
+    t += 1.0
+    t *= h
+    t *= GELU_SCALE
+    xp.tanh(t, out=t)
+    out = t + 1.0
+    out *= h
+    out *= 0.5
+    return out, (h, t)
+
+
+def gelu_backward(dout, cache):
+    """d/dh = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2), with t the tanh."""
+    h, t = cache
+    inner = h * h                                              # (N, 4C)
+    inner *= 3.0 * GELU_CUBIC
+    inner += 1.0
+    inner *= h
+    inner *= 0.5 * GELU_SCALE                                  # 0.5 h k (1 + 3c h^2)
+    sech2 = t * t
+    sech2 -= 1.0                                               # -(1 - t^2)
+    inner *= sech2                                             # -0.5 h k (1 + 3c h^2)(1 - t^2)
+    grad = t + 1.0
+    grad *= 0.5
+    grad -= inner
+    grad *= dout
+    return grad
+
+
+# ---------------------------------------------------------------------------------------- attention
+def causal_mask(T, dtype, xp):
+    """(T, T) additive mask: 0 on and below the diagonal, -inf above."""
+    return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
+
+
+def attention_forward(qkv, B, T, n_head, mask):
+    """Causal multi-head self-attention core.
+
+    qkv (N, 3C) laid out [q | k | v] -> y (N, C). mask (T, T) from causal_mask.
+    """
+    xp = X.array_module(qkv)
+    C = qkv.shape[1] // 3
+    D = C // n_head
+    heads = xp.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
+    q, k, v = heads[0], heads[1], heads[2]                     # (B, H, T, D) each
+    scale = 1.0 / math.sqrt(D)
+    att = q @ k.transpose(0, 1, 3, 2)                          # (B, H, T, T)
+    att *= scale
+    att += mask
+    att -= att.max(axis=-1, keepdims=True)
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)                     # softmax over keys
+    y = att @ v                                                # (B, H, T, D)
+    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # (N, C), copies
+    return y, (heads, att)
+
+
+def attention_backward(dy, cache):
+    """dy (N, C) -> dqkv (N, 3C)."""
+    heads, att = cache
+    xp = X.array_module(dy)
+    _, B, H, T, D = heads.shape
+    q, k, v = heads[0], heads[1], heads[2]
+    scale = 1.0 / math.sqrt(D)
+    dheads = xp.empty_like(heads)                              # (3, B, H, T, D)
+    dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)          # (B, H, T, D)
+    xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dheads[2])    # dv = att^T dy
+    datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, H, T, T)
+    # softmax backward: dscores = att * (datt - sum(datt * att, keys))
+    row_dot = xp.einsum("bhts,bhts->bht", datt, att)[..., None]
+    datt -= row_dot
+    datt *= att
+    datt *= scale
+    xp.matmul(datt, k, out=dheads[0])                          # dq = dscores k
+    xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dheads[1])    # dk = dscores^T q
+    return dheads.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * D)  # (N, 3C), copies
+
+
+# ---------------------------------------------------------------------------------------- loss
+def cross_entropy_forward(logits, targets):
+    """logits (N, V), targets (N,) -> mean negative log-likelihood; caches the softmax."""
+    xp = X.array_module(logits)
+    probs = logits - logits.max(axis=1, keepdims=True)         # (N, V)
+    xp.exp(probs, out=probs)
+    probs /= probs.sum(axis=1, keepdims=True)
+    rows = xp.arange(targets.shape[0])
+    loss = -xp.log(probs[rows, targets]).mean()
+    return loss, (probs, targets)
+
+
+def cross_entropy_backward(cache):
+    """d(mean NLL)/dlogits = (softmax - onehot) / N, computed in place in the cached probs."""
+    probs, targets = cache
+    xp = X.array_module(probs)
+    N = targets.shape[0]
+    probs[xp.arange(N), targets] -= 1.0
+    probs /= N
+    return probs
