@@ -1,0 +1,86 @@
+"""Figures of timing records (matplotlib, Agg backend, imported only when plots are asked for).
+
+- breakdown.png: stacked mean time per step of each region, one bar per run;
+- loss.png: loss against step, wall time and cumulative bytes sent per rank, one line per run;
+- step_time_<run>.png: heat map of step time per rank (rows) and step (columns), one per run.
+"""
+import numpy as np
+
+from hpclm.timing import schema
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _loss(record):
+    loss = record.per_step["loss"]
+    return loss if np.any(np.isfinite(loss)) else np.nanmean(record.per_rank["loss"], axis=1)
+
+
+def breakdown(path, records, summaries, skip_steps):
+    plt = _pyplot()
+    regions = [r for r in schema.REGIONS if r != schema.BACKGROUND_COMM_REGION]
+    regions += sorted({r for rec in records for r in rec.times} - set(schema.REGIONS))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(records) + 3), 4.5))
+    bottom = np.zeros(len(records))
+    for region in regions + ["other"]:
+        if region == "other":
+            heights = np.array([rec.per_rank["step_time"][skip_steps:].mean() for rec in records]) - bottom
+        else:
+            heights = np.array([rec.times[region][skip_steps:].mean() if region in rec.times else 0.0
+                                for rec in records])
+        if np.any(heights > 0):
+            ax.bar([s.name for s in summaries], np.maximum(heights, 0) * 1e3, bottom=bottom * 1e3, label=region)
+            bottom += np.maximum(heights, 0)
+    ax.set_ylabel("mean time per step per rank (ms)")
+    ax.set_title("where the step time goes")
+    ax.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+
+
+def loss_curves(path, records, summaries):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    for record, summary in zip(records, summaries):
+        loss = _loss(record)
+        sent = np.cumsum(record.per_rank["bytes_sent"].mean(axis=1))
+        label = f"{summary.name} (P={summary.world_size})"
+        axes[0].plot(record.step, loss, label=label)
+        axes[1].plot(record.per_step["elapsed"], loss, label=label)
+        axes[2].plot(sent / 1e6, loss, label=label)
+    for ax, xlabel in zip(axes, ("step", "wall time (s)", "MB sent per rank (cumulative)")):
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("training loss")
+    axes[0].legend(fontsize="small")
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+
+
+def step_time_heatmap(path, record, summary):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, max(2.5, min(12, 0.25 * record.world_size + 2))))
+    image = ax.imshow(record.per_rank["step_time"].T * 1e3, aspect="auto", interpolation="nearest",
+                      extent=(record.step[0] - 0.5, record.step[-1] + 0.5, record.world_size - 0.5, -0.5))
+    fig.colorbar(image, ax=ax, label="step time (ms)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("rank")
+    ax.set_title(f"{summary.name}: step time per rank")
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+
+
+def write_all(out_dir, records, summaries, skip_steps):
+    """Write every figure into `out_dir`; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "breakdown.png", out_dir / "loss.png"]
+    breakdown(paths[0], records, summaries, skip_steps)
+    loss_curves(paths[1], records, summaries)
+    for record, summary in zip(records, summaries):
+        paths.append(out_dir / f"step_time_{summary.name}.png")
+        step_time_heatmap(paths[-1], record, summary)
+    return paths

@@ -1,0 +1,96 @@
+"""`hpclm analyze RUN_DIR [RUN_DIR ...]`: print where each run's time and bytes went, compare runs.
+
+Reads RUN_DIR/timing.h5 through hpclm.timing.reader; definitions of every number are in
+hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy per-rank table.
+"""
+from pathlib import Path
+
+from hpclm.analysis import metrics
+from hpclm.timing.reader import read_run
+
+DEFINITIONS = """\
+notes: exposed communication = comm + comm_wait, the time the training thread was blocked in
+  communication calls or waiting for non-blocking ones (not overlapped with anything);
+  hidden communication = comm_async - comm_wait, the time non-blocking communication was in flight
+  (measured off the training thread) while the rank computed; fractions are of the summed step time;
+  tokens/s = all ranks' tokens / sum over steps of the slowest rank's step time."""
+
+
+def add_arguments(parser):
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory (or its timing.h5)")
+    parser.add_argument("--plots", metavar="DIR", help="write PNG figures into DIR")
+    parser.add_argument("--csv", metavar="PATH", help="write a tidy per-rank, per-region table")
+    parser.add_argument("--skip-steps", type=int, default=1, metavar="N",
+                        help="leave out the first N logged steps as warm-up (default 1)")
+
+
+def ms(seconds):
+    return f"{seconds * 1e3:9.3f}"
+
+
+def megabytes(n_bytes):
+    return f"{n_bytes / 1e6:.3f} MB"
+
+
+def format_run(summary, record):
+    s = summary
+    lines = [f"== {s.name}: {s.world_size} ranks, {s.steps} steps counted ({s.skipped} warm-up skipped)"
+             f", git {record.meta.get('git_commit', '?')}  [{record.path}]",
+             f"  {'region (ms/step)':<18}{'min':>9} {'median':>9} {'max':>9}   (each rank's median over steps, across ranks)"]
+    for name, spread in list(s.regions.items()) + [("step_time", s.step_time)]:
+        lines.append(f"  {name:<18}{ms(spread.min)} {ms(spread.median)} {ms(spread.max)}")
+    lines.append(f"  step time: compute {s.compute_fraction:6.1%} | exposed communication {s.comm_fraction:6.1%}"
+                 f" | other {s.other_fraction:6.1%}")
+    hidden = ("not recorded (no comm_async times)" if s.hidden_comm_s is None
+              else f"{ms(s.hidden_comm_s).strip()} ms/step per rank")
+    lines.append(f"  communication: exposed {ms(s.exposed_comm_s).strip()} ms/step per rank, hidden {hidden}")
+    lines.append(f"  throughput {s.tokens_per_s:,.1f} tokens/s   final loss {s.final_loss:.4f}")
+    ratio = f", compression ratio {s.compression_ratio:.2f}x" if s.compression_ratio else ""
+    lines.append(f"  per step per rank: sent {megabytes(s.bytes_sent)}, received {megabytes(s.bytes_recv)}{ratio}")
+    if s.stragglers:
+        listed = ", ".join(f"rank {x.rank} +{x.excess:.1%} (+{ms(x.excess_s).strip()} ms)" for x in s.stragglers)
+        lines.append(f"  stragglers (median step time > {metrics.STRAGGLER_THRESHOLD:.0%} above "
+                     f"the median across ranks, {ms(s.step_time.median).strip()} ms): {listed}")
+    else:
+        lines.append(f"  stragglers: none (no rank > {metrics.STRAGGLER_THRESHOLD:.0%} above the median step time)")
+    return "\n".join(lines)
+
+
+def format_comparison(summaries):
+    scale = metrics.scaling(summaries)
+    base = min(summaries, key=lambda s: s.world_size)
+    header = (f"{'run':<20}{'ranks':>6}{'step ms':>10}{'tokens/s':>13}{'compute':>9}{'exp.comm':>9}"
+              f"{'MB sent':>9}{'loss':>8}{'speedup':>9}{'effic.':>8}")
+    lines = [f"== comparison (speedup and efficiency from tokens/s against {base.name}, {base.world_size} ranks)",
+             header]
+    for s, (speedup, efficiency) in zip(summaries, scale):
+        lines.append(f"{s.name[:19]:<20}{s.world_size:>6}{s.step_time.median * 1e3:>10.2f}{s.tokens_per_s:>13,.0f}"
+                     f"{s.compute_fraction:>9.1%}{s.comm_fraction:>9.1%}{s.bytes_sent / 1e6:>9.3f}"
+                     f"{s.final_loss:>8.3f}{speedup:>9.2f}{efficiency:>8.1%}")
+    return "\n".join(lines)
+
+
+def unique_names(records):
+    """Run names for tables and file names: the directory name, numbered where two are equal."""
+    names = [r.name for r in records]
+    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+
+
+def run(args):
+    records = [read_run(d) for d in args.run_dirs]
+    names = unique_names(records)
+    summaries = [metrics.summarize(r, args.skip_steps, name) for r, name in zip(records, names)]
+    for summary, record in zip(summaries, records):
+        print(format_run(summary, record))
+    if len(summaries) > 1:
+        print(format_comparison(summaries))
+    print(DEFINITIONS)
+    if args.csv:
+        from hpclm.analysis.tidy import write_csv
+        write_csv(args.csv, records, names, args.skip_steps)
+        print(f"wrote {args.csv}")
+    if args.plots:
+        from hpclm.analysis import plots
+        for path in plots.write_all(Path(args.plots), records, summaries, args.skip_steps):
+            print(f"wrote {path}")
+    return 0
