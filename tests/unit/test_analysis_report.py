@@ -1,0 +1,62 @@
+"""`hpclm analyze` end to end on records written to disk: text report, comparison, CSV, PNG plots."""
+import csv
+
+import numpy as np
+import pytest
+
+from hpclm.cli import main
+from hpclm.timing import schema
+from hpclm.timing.writer import TimingWriter
+
+
+def write_run(run_dir, world_size, step_time, n_steps=8):
+    """A record where every rank spends 60% of `step_time` in forward and 20% in comm."""
+    run_dir.mkdir()
+    regions = schema.region_columns()
+    columns = schema.rank_columns(regions)
+    rows = np.zeros((world_size, n_steps, len(columns)))
+    rows[:, :, columns.index("time/forward")] = 0.6 * step_time
+    rows[:, :, columns.index("time/comm")] = 0.2 * step_time
+    rows[:, :, columns.index("step_time")] = step_time
+    rows[-1, :, columns.index("step_time")] = 1.5 * step_time     # the last rank straggles
+    rows[:, :, columns.index("tokens")] = 1000
+    rows[:, :, columns.index("bytes_sent")] = 2e6
+    global_rows = np.column_stack([np.full(n_steps, 1e-3), np.ones(n_steps), np.linspace(5, 4, n_steps),
+                                   np.arange(1, n_steps + 1) * step_time])
+    meta = {"world_size": world_size, "schema_version": schema.SCHEMA_VERSION, "start_time": "now",
+            "hostnames_json": ["h"] * world_size, "node_local_rank_json": list(range(world_size))}
+    writer = TimingWriter(run_dir / schema.FILE_NAME, world_size, regions, meta, chunk_rows=4)
+    writer.append_steps(np.arange(n_steps), rows, global_rows)
+    writer.append_eval(n_steps - 1, 4.1, 4.0)
+    writer.close()
+    return run_dir, len(regions)
+
+
+def test_report_compares_runs_and_writes_csv_and_plots(tmp_path, capsys):
+    small, n_regions = write_run(tmp_path / "p2", 2, 0.10)
+    large, _ = write_run(tmp_path / "p4", 4, 0.15)
+    plots, table = tmp_path / "plots", tmp_path / "table.csv"
+    assert main(["analyze", str(small), str(large), "--plots", str(plots), "--csv", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "p2: 2 ranks, 7 steps counted" in out
+    # compute: p2 = 2 x 0.06 / (0.10 + 0.15), p4 = 4 x 0.09 / (3 x 0.15 + 0.225)
+    assert "compute  48.0% | exposed communication  16.0%" in out
+    assert "compute  53.3% | exposed communication  17.8%" in out
+    # stragglers against the median across ranks: p2 median 0.125 s, p4 median 0.15 s
+    assert "rank 1 +20.0%" in out and "rank 3 +50.0%" in out
+    # tokens/s: p2 = 2000 / 0.15 s, p4 = 4000 / 0.225 s -> speedup 1.33, efficiency 66.7%
+    p4_row = [line for line in out.splitlines() if line.startswith("p4 ")][0]
+    assert p4_row.split()[-2:] == ["1.33", "66.7%"]
+    with open(table) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == (n_regions + 1) * (2 + 4)
+    straggler = [r for r in rows if r["run"] == "p4" and r["rank"] == "3" and r["region"] == "step_time"][0]
+    assert float(straggler["median_s"]) == pytest.approx(0.225)
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["breakdown.png", "loss.png", "step_time_p2.png", "step_time_p4.png"]
+    assert all((plots / n).stat().st_size > 1000 for n in names)
+
+
+def test_missing_run_is_one_clean_error(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "no timing record" in capsys.readouterr().err
