@@ -19,6 +19,7 @@ setup(
         "numpy>=1.24",
         "h5py>=3.8",
         "mpi4py>=4.0",
+        "threadpoolctl>=3.1",  # single-threaded BLAS inside the row-slice threads (hpclm.model.threaded)
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={

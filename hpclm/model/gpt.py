@@ -18,7 +18,8 @@ INIT_STD = 0.02
 
 
 class GPT:
-    def __init__(self, cfg, seed=0, dtype="float32"):
+    def __init__(self, cfg, seed=0, dtype="float32", flat=None):
+        """flat: an existing parameter buffer to share (no initialisation), as the thread replicas do."""
         cfg.validate()
         if cfg.vocab_size < 1:
             raise UserError("model.vocab_size must be set (>= 1) to build a model")
@@ -26,11 +27,12 @@ class GPT:
         self.dtype = numpy.dtype(dtype)
         self.layout = ParamLayout(gpt2_shapes(cfg))
         xp = X.np
-        self.flat = xp.zeros(self.layout.size, dtype=self.dtype)        # all parameters
+        self.flat = xp.zeros(self.layout.size, dtype=self.dtype) if flat is None else flat  # all parameters
         self.grad_flat = xp.zeros(self.layout.size, dtype=self.dtype)   # all gradients, same layout
         self.params = self.layout.views(self.flat)
         self.grads = self.layout.views(self.grad_flat)
-        self.flat[...] = xp.asarray(self._initial_values(seed))
+        if flat is None:
+            self.flat[...] = xp.asarray(self._initial_values(seed))
         self._mask = L.causal_mask(cfg.block_size, self.dtype, xp)      # (T, T)
 
     def _initial_values(self, seed):

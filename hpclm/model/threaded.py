@@ -1,0 +1,92 @@
+"""Intra-process parallelism on CPU: the batch is cut into row slices run by a thread each.
+
+NumPy's element-wise kernels run on one core; BLAS on all of them. With T threads, each running
+forward/backward on B/T rows with single-threaded BLAS (NumPy releases the GIL in both), every
+core is busy all the time, element-wise work included. The replicas share the parameter buffer;
+each has its own gradient buffer, and the slices' gradients are combined into the model's
+`grad_flat` (row-weighted mean) segment by segment as backward finalises them, so `grad_ready`
+still fires early for communication overlap.
+
+    model = ThreadedGPT(GPT(cfg), n_threads=2)   # same interface as GPT
+"""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import threadpool_limits
+
+from hpclm.model.gpt import GPT
+
+
+class ThreadedGPT:
+    def __init__(self, model, n_threads):
+        self.model = model
+        self.n_threads = max(1, int(n_threads))
+        self.replicas = [GPT(model.cfg, dtype=model.dtype, flat=model.flat) for _ in range(self.n_threads)]
+        self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="hpclm-rows")
+
+    def __getattr__(self, name):            # params, grads, flat, grad_flat, layout, cfg, forward, ...
+        return getattr(self.model, name)
+
+    def _slices(self, batch):
+        """Row ranges [(start, stop)] splitting `batch` rows as evenly as possible."""
+        n = min(self.n_threads, batch)
+        bounds = [batch * i // n for i in range(n + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def _run(self, fn, slices):
+        with threadpool_limits(limits=1, user_api="blas"):
+            futures = [self._pool.submit(fn, i, a, b) for i, (a, b) in enumerate(slices)]
+            return [f.result() for f in futures]
+
+    def loss(self, idx, targets):
+        slices = self._slices(idx.shape[0])
+        if len(slices) == 1:
+            return self.model.loss(idx, targets)
+        losses = self._run(lambda i, a, b: self.replicas[i].loss(idx[a:b], targets[a:b]), slices)
+        return sum(loss * (b - a) for loss, (a, b) in zip(losses, slices)) / idx.shape[0]
+
+    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False):
+        """As GPT.forward_backward: row-weighted mean over the slices, gradients into model.grad_flat."""
+        batch = idx.shape[0]
+        slices = self._slices(batch)
+        if len(slices) == 1:
+            return self.model.forward_backward(idx, targets, grad_ready=grad_ready, accumulate=accumulate)
+        weights = [(b - a) / batch for a, b in slices]
+        combine = _SegmentCombiner(self.model.grad_flat, [r.grad_flat for r in self.replicas[:len(slices)]],
+                                   weights, accumulate, grad_ready)
+
+        def work(i, a, b):
+            return self.replicas[i].forward_backward(idx[a:b], targets[a:b], grad_ready=lambda off: combine.reached(i, off))
+
+        losses = self._run(work, slices)
+        return sum(loss * w for loss, w in zip(losses, weights))
+
+
+class _SegmentCombiner:
+    """Sums replica gradients into the model's buffer as soon as every replica has finished a segment.
+
+    Each replica reports offsets in decreasing order (gradients at [offset, size) are final); the
+    segment between the previous common offset and the new one is combined once, then announced.
+    """
+
+    def __init__(self, out, parts, weights, accumulate, grad_ready):
+        self.out, self.parts, self.weights = out, parts, weights
+        self.accumulate, self.grad_ready = accumulate, grad_ready
+        self.reached_by = [out.shape[0]] * len(parts)          # per replica: lowest final offset
+        self.done = out.shape[0]                               # combined down to here
+        self.lock = threading.Lock()
+
+    def reached(self, replica, offset):
+        with self.lock:
+            self.reached_by[replica] = offset
+            lo, hi = max(self.reached_by), self.done       # every replica is final above lo
+            if lo >= hi:
+                return
+            seg = slice(lo, hi)
+            if not self.accumulate:
+                self.out[seg] = 0
+            for part, w in zip(self.parts, self.weights):
+                self.out[seg] += w * part[seg]                 # (hi - lo,)
+            self.done = lo
+            if self.grad_ready is not None:
+                self.grad_ready(lo)
