@@ -61,12 +61,17 @@ def loss_curves(path, records, summaries):
     plt.close(fig)
 
 
-def step_time_heatmap(path, record, summary):
+def step_time_heatmap(path, record, summary, skip_steps):
+    """Colour scale from the counted steps, so that a slow warm-up step does not wash out the rest."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    step_ms = record.per_rank["step_time"] * 1e3
     fig, ax = plt.subplots(figsize=(10, max(2.5, min(12, 0.25 * record.world_size + 2))))
-    image = ax.imshow(record.per_rank["step_time"].T * 1e3, aspect="auto", interpolation="nearest",
+    image = ax.imshow(step_ms.T, aspect="auto", interpolation="nearest",
+                      vmin=step_ms[skip_steps:].min(), vmax=step_ms[skip_steps:].max(),
                       extent=(record.step[0] - 0.5, record.step[-1] + 0.5, record.world_size - 0.5, -0.5))
-    fig.colorbar(image, ax=ax, label="step time (ms)")
+    fig.colorbar(image, ax=ax, label="step time (ms)", extend="max")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("rank")
     ax.set_title(f"{summary.name}: step time per rank")
@@ -82,5 +87,5 @@ def write_all(out_dir, records, summaries, skip_steps):
     loss_curves(paths[1], records, summaries)
     for record, summary in zip(records, summaries):
         paths.append(out_dir / f"step_time_{summary.name}.png")
-        step_time_heatmap(paths[-1], record, summary)
+        step_time_heatmap(paths[-1], record, summary, skip_steps)
     return paths

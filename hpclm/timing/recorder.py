@@ -105,7 +105,7 @@ class Recorder:
 
     def flush(self):
         """Collective: gather the buffered rows to rank 0, which appends them and flushes the file."""
-        if not self.enabled:
+        if not self.enabled or self._filled == 0:  # all ranks logged equally often: all skip together
             return
         n, width = self._filled, len(self.columns)
         rows = self._rows[:n]
@@ -114,7 +114,7 @@ class Recorder:
         else:
             received = self._received[:self.size * n * width].reshape(self.size, n, width) if self.rank == 0 else None
             self.comm.Gather(rows, received, root=0)
-        if self.rank == 0 and n:
+        if self.rank == 0:
             self._writer.append_steps(self._steps[:n], received, self._globals[:n])
         self._filled = 0
 
