@@ -47,6 +47,8 @@ def _flat(a, what):
 def prepare(sendbuf, recvbuf=None):
     """(work, deliver): `work` is a flat array holding sendbuf's data where the result is built
     in place; `deliver()` puts it into recvbuf (or sendbuf, when recvbuf is None) and returns that."""
+    if recvbuf is None and type(sendbuf) is numpy.ndarray and sendbuf.ndim == 1 and sendbuf.flags.c_contiguous:
+        return sendbuf, lambda: sendbuf            # the common case, kept cheap for small messages
     target = sendbuf if recvbuf is None else recvbuf
     flat_send = _flat(sendbuf, "sendbuf")
     flat = _flat(target, "recvbuf")

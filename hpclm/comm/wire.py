@@ -59,20 +59,24 @@ class Wire:
 
 
 _scratch = threading.local()
+SMALL_BYTES = 64 << 10
 
 
 def scratch(like, count):
     """A reusable 1-D array of `count` elements with `like`'s dtype and array module.
 
     One growing byte area per thread and array module: fresh large allocations would page-fault
-    on every call (an 8 MiB temporary costs about a millisecond in first-touch faults).
+    on every call (an 8 MiB temporary costs about a millisecond in first-touch faults). Small
+    requests get a fresh array, which is cheaper than the bookkeeping.
     """
     mod = xp.array_module(like)
+    nbytes = count * like.dtype.itemsize
+    if nbytes <= SMALL_BYTES:
+        return mod.empty(count, dtype=like.dtype)
     key = mod.__name__
     areas = getattr(_scratch, "areas", None)
     if areas is None:
         areas = _scratch.areas = {}
-    nbytes = count * like.dtype.itemsize
     area = areas.get(key)
     if area is None or area.nbytes < nbytes:
         area = areas[key] = mod.empty(max(nbytes, 1), dtype=numpy.uint8)
