@@ -6,6 +6,7 @@ config (after file and overrides) is stored in every checkpoint and timing recor
 import dataclasses
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -93,10 +94,14 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "float32"       # float32 | float64
     device: str = "cpu"          # cpu | gpu
+    threads: int = 0             # CPU threads per rank running batch row slices; 0 = cores / local ranks
     out_dir: str = "runs/default"
+    timing: bool = True          # write RUN_DIR/timing.h5 (per-rank, per-step times and bytes)
+    timing_flush: int = 10       # gather + flush the timing record every N steps
+    trace: str = ""              # "START:STOP" steps to record as a Chrome trace (RUN_DIR/trace.json)
 
     def validate(self):
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "timing_flush"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_interval", "checkpoint_interval"):
@@ -106,6 +111,10 @@ class TrainConfig:
             raise UserError(f"train.dtype must be float32 or float64, got {self.dtype!r}")
         if self.device not in ("cpu", "gpu"):
             raise UserError(f"train.device must be cpu or gpu, got {self.device!r}")
+        if self.threads < 0:
+            raise UserError(f"train.threads must be >= 0, got {self.threads}")
+        if self.trace and not re.fullmatch(r"\d+:\d+", self.trace):
+            raise UserError(f"train.trace must look like START:STOP (steps), got {self.trace!r}")
         if self.batch_size % self.grad_accum:
             raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
 
@@ -114,8 +123,13 @@ class TrainConfig:
 class CommConfig:
     algorithm: str = "mpi"       # all-reduce algorithm for gradients, see hpclm.comm.ALGORITHMS
     cuda_aware: str = "auto"     # auto | on | off: hand device buffers to MPI directly
+    bucket_mb: float = 4.0       # gradient bucket size in MiB; 0 = one all-reduce after backward
+    overlap: bool = True         # start each bucket's all-reduce as soon as backward has finished it
+    check_every: int = 100       # verify every N steps that parameters are identical on all ranks; 0 = never
 
     def validate(self):
+        if self.bucket_mb < 0 or self.check_every < 0:
+            raise UserError("comm.bucket_mb and comm.check_every must be >= 0")
         if self.cuda_aware not in ("auto", "on", "off"):
             raise UserError(f"comm.cuda_aware must be auto, on or off; got {self.cuda_aware!r}")
 

@@ -59,9 +59,11 @@ class GPT:
         return n
 
     # ------------------------------------------------------------------------------------ forward
-    def _check_input(self, idx):
+    def _check_input(self, idx, targets=None):
         if idx.ndim != 2 or idx.shape[1] > self.cfg.block_size or idx.shape[1] < 1:
             raise UserError(f"input must be (B, T) with 1 <= T <= block_size={self.cfg.block_size}, got {idx.shape}")
+        if targets is not None and targets.shape != idx.shape:
+            raise UserError(f"targets must have the shape of idx {idx.shape}, got {targets.shape}")
 
     def _head_weight(self):
         p = self.params
@@ -100,24 +102,30 @@ class GPT:
 
     def loss(self, idx, targets):
         """Mean cross-entropy of targets (B, T) under the model, without gradients."""
-        self._check_input(idx)
+        self._check_input(idx, targets)
         logits, _ = self._forward(idx, keep=False)
         loss, _ = L.cross_entropy_forward(logits, targets.reshape(-1))
         return float(loss)
 
     # ------------------------------------------------------------------------------------ backward
-    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False):
+    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False, timer=None):
         """Loss of targets (B, T) given idx (B, T); fills model.grads (zeroed first unless accumulate).
 
         grad_ready(offset), if given, is called as soon as every gradient at flat offsets
         [offset, size) is final (after the head, after each block from the last, after the
         embeddings), so a data-parallel strategy can start communicating those buckets early.
+        timer (an hpclm.timing.Timer), if given, times the "forward" and "backward" regions.
         """
-        self._check_input(idx)
+        self._check_input(idx, targets)
         if not accumulate:
             self.grad_flat.fill(0)
+        if timer:
+            timer.start("forward")
         logits, (emb_cache, caches, lnf, head) = self._forward(idx, keep=True)
         loss, ce = L.cross_entropy_forward(logits, targets.reshape(-1))
+        if timer:
+            timer.stop("forward")
+            timer.start("backward")
         p, d, slot = self.params, self.grads, self.layout.by_name
         notify = grad_ready or (lambda offset: None)
 
@@ -143,5 +151,7 @@ class GPT:
             dx += L.layernorm_backward(da, ln1, d[h + "ln_1.weight"], d[h + "ln_1.bias"])
             notify(slot[h + "ln_1.weight"].offset)
         L.embedding_backward(dx, emb_cache, d["wte"], d["wpe"])
+        if timer:
+            timer.stop("backward")
         notify(0)
         return float(loss)

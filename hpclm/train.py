@@ -1,0 +1,305 @@
+"""`hpclm train`: config -> data -> model -> optimizer -> data-parallel training loop.
+
+Runs as one process (`hpclm train`) or as an MPI job (`mpiexec -n 4 hpclm train`,
+`srun hpclm train`): every rank draws its shard of the global batch, gradients are averaged by
+hpclm.parallel.data, every rank applies the same update. Rank 0 prints, evaluates the
+validation split (sharded across ranks), writes checkpoints and the timing record.
+SIGTERM/SIGUSR1 (Slurm pre-emption): all ranks agree at the next step boundary, save a
+checkpoint, flush timing and exit 0, so the job can be requeued with --resume.
+"""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from hpclm import checkpoint as ckpt_io
+from hpclm import comm as C
+from hpclm import xp as X
+from hpclm.config import build_config, config_from_json
+from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare, tokenizer_from_json
+from hpclm.errors import UserError
+from hpclm.model import GPT
+from hpclm.model.threaded import ThreadedGPT
+from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
+from hpclm.parallel.agree import collectively
+from hpclm.parallel.data import DataParallel
+from hpclm.timing.recorder import Recorder
+from hpclm.timing.timer import Timer
+from hpclm.version import __version__
+
+
+def add_arguments(p):
+    p.add_argument("--config", metavar="TOML", help="experiment file with [model], [data], [optim], [train], [comm] tables")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set model.n_layer=6 (repeatable)")
+    p.add_argument("--data", metavar="FILE", help="text file to train on (same as --set data.path=FILE); "
+                   "default: the built-in generated corpus")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="same as --set train.device=...")
+    p.add_argument("--out", metavar="DIR", help="run directory (same as --set train.out_dir=DIR)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file or run directory; "
+                   "its stored config is the base, --set may change e.g. train.max_steps")
+    p.add_argument("--verbose", action="store_true", help="let every rank print, not only rank 0")
+
+
+# ------------------------------------------------------------------------------------------ setup
+def resolve_config(args):
+    """(config, checkpoint or None): defaults <- TOML <- flags <- --set, or the checkpoint's config."""
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data.path"), (args.device, "train.device"), (args.out, "train.out_dir")):
+        if flag is not None:
+            overrides.insert(0, f"{key}={flag}")
+    ckpt = None
+    base = None
+    if args.resume:
+        if args.config:
+            raise UserError("--resume takes its config from the checkpoint; use --set to change values, not --config")
+        ckpt = ckpt_io.Checkpoint(args.resume)
+        base = config_from_json(ckpt.config_json)
+        if args.out is None:
+            overrides.insert(0, f"train.out_dir={os.path.dirname(os.path.abspath(ckpt.path))}")
+    cfg = build_config(args.config, overrides, base=base)
+    X.use(cfg.train.device)
+    return cfg, ckpt
+
+
+def load_data(cfg, world, rank):
+    """Rank 0 tokenises into the cache once; then every rank memory-maps the cached tokens."""
+    collectively(world, lambda: prepare(cfg.data) if rank == 0 else None)
+    data = collectively(world, load_tokens, cfg.data, cfg.model.block_size)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+    elif cfg.model.vocab_size < data.tokenizer.vocab_size:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                        f"vocabulary ({data.tokenizer.vocab_size})")
+    return data
+
+
+def threads_per_rank(cfg, local_ranks):
+    if cfg.train.device != "cpu":
+        return 1
+    if cfg.train.threads:
+        return cfg.train.threads
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
+
+
+def build_model(cfg, threads):
+    model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
+    return ThreadedGPT(model, threads) if threads > 1 else model
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions():
+    import h5py
+    import mpi4py
+    from mpi4py import MPI
+    v = {"hpclm": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+         "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
+         "mpi_library": MPI.Get_library_version().strip().splitlines()[0]}
+    if X.device == "gpu":
+        v["cupy"] = X.np.__version__
+    return v
+
+
+# ------------------------------------------------------------------------------------------ output
+class Progress:
+    """Rank 0's progress: a redrawn bar on a terminal, a log line every log_interval otherwise."""
+
+    def __init__(self, total, enabled):
+        self.total, self.enabled = total, enabled
+        self.tty = enabled and sys.stdout.isatty()
+
+    def update(self, step, text):
+        if not self.enabled:
+            return
+        if self.tty:
+            done = int(30 * (step + 1) / self.total)
+            print(f"\r[{'#' * done}{'.' * (30 - done)}] {text}", end="", flush=True)
+        else:
+            print(text, flush=True)
+
+    def message(self, text):
+        if self.enabled:
+            print(("\n" if self.tty else "") + text, flush=True)
+
+
+def evaluate(model, tokens, offsets, block_size, rank, world, comm):
+    """Mean loss over the fixed evaluation batches; rows sharded across ranks, summed with MPI."""
+    total, count = 0.0, 0
+    for batch in offsets:
+        rows = batch[rank * len(batch) // world:(rank + 1) * len(batch) // world]
+        if len(rows):
+            x, y = get_batch(tokens, block_size, rows)
+            total += model.loss(X.to_device(x), X.to_device(y)) * len(rows)
+            count += len(rows)
+    if world > 1:
+        total, count = comm.allreduce((total, count), op=_sum_pairs)
+    return total / count
+
+
+def _sum_pairs(a, b, _datatype=None):
+    return (a[0] + b[0], a[1] + b[1])
+
+
+# ------------------------------------------------------------------------------------------ main
+def run(args):
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    quiet = rank != 0 and not args.verbose
+    if quiet:
+        sys.stdout = open(os.devnull, "w")
+    cfg, ckpt = collectively(world, resolve_config, args)
+    C.set_cuda_aware(cfg.comm.cuda_aware)
+    local = world.Split_type(MPI.COMM_TYPE_SHARED)
+    local_ranks = local.Get_size()
+    local.Free()
+    data = load_data(cfg, world, rank)
+    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
+        raise collectively(world, _raise, f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
+    threads = threads_per_rank(cfg, local_ranks)
+    model = collectively(world, build_model, cfg, threads)
+    optimizer = build_optimizer(cfg.optim, model)
+    start_step = 0
+    rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
+    if ckpt is not None:
+        collectively(world, ckpt.restore, model, optimizer)
+        start_step = ckpt.step
+        states = ckpt.rng_state
+        if len(states) == size:
+            rng.bit_generator.state = states[rank]
+    sampler = collectively(world, BatchSampler, data.train, cfg.model.block_size, cfg.train.batch_size,
+                           cfg.train.seed, rank=rank, world=size)
+    n_micro = cfg.train.grad_accum
+    if cfg.train.batch_size % (size * n_micro):
+        raise collectively(world, _raise, f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
+                           f"world size x grad_accum ({size} x {n_micro})")
+    val_offsets = eval_offsets(cfg.train.seed, cfg.train.eval_batches, cfg.train.batch_size,
+                               len(data.val) - cfg.model.block_size)
+    run_dir = cfg.train.out_dir
+    trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
+    timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
+    dp = DataParallel(world, model.grad_flat, cfg.comm, timer=timer)
+    hosts = world.gather(socket.gethostname())
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+    meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=versions(),
+                layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
+                             "algorithm": cfg.comm.algorithm, "cuda_aware": cfg.comm.cuda_aware})
+    recorder = Recorder(run_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
+                        enabled=cfg.train.timing)
+
+    progress = Progress(cfg.train.max_steps, rank == 0)
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+    if rank == 0:
+        n_hosts = len(set(hosts))
+        print(f"hpclm {__version__}: {size} rank(s) on {n_hosts} host(s) ({local_ranks} per node), "
+              f"{threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
+              f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}")
+        print(f"MPI: {versions()['mpi_library']}")
+        slurm = os.environ.get("SLURM_NTASKS")
+        if slurm and int(slurm) != size:
+            print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {size} ranks")
+        print(f"data: {data.source}; unigram entropy {data.unigram_entropy():.3f} nats")
+        print(f"model: {model.num_params():,} parameters, {cfg.train.dtype}; {tokens_per_step:,} tokens/step; "
+              f"run dir {run_dir}" + (f"; resuming at step {start_step}" if ckpt else ""))
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, on_signal)
+
+    def save(step):
+        rng_states = world.gather(rng.bit_generator.state)
+        if rank == 0:
+            with timer.region("checkpoint"):
+                ckpt_io.save(os.path.join(run_dir, ckpt_io.FILE_NAME), model=model, optimizer=optimizer, step=step,
+                             config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states)
+        world.Barrier()
+
+    summary = {"start_step": start_step, "world_size": size}
+    t_start = time.perf_counter()
+    window_t, window_tokens = time.perf_counter(), 0
+    val_loss = math.nan
+    step = start_step
+    for step in range(start_step, cfg.train.max_steps):
+        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+        before = C.counters.snapshot()
+        loss = 0.0
+        for micro in range(n_micro):
+            with timer.region("data"):
+                x, y = sampler.batch(step, micro, n_micro)
+                x, y = X.to_device(x), X.to_device(y)
+            loss += model.forward_backward(x, y, grad_ready=dp.backward_hook(micro == n_micro - 1),
+                                           accumulate=micro > 0, timer=timer)
+        dp.finish()
+        with timer.region("optimizer"):
+            if n_micro > 1:
+                model.grad_flat *= 1.0 / n_micro
+            grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
+            optimizer.step(model.flat, model.grad_flat, lr)
+        loss /= n_micro
+        last = step == cfg.train.max_steps - 1
+        log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == start_step
+        global_loss = world.allreduce(loss) / size if (log_now and size > 1) else loss
+        if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
+            dp.check_identical(model.flat, step)
+        if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0) or last:
+            with timer.region("eval"):
+                val_loss = evaluate(model, data.val, val_offsets, cfg.model.block_size, rank, size, world)
+            recorder.log_eval(step, val_loss, global_loss)
+            progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
+        after = C.counters.snapshot()
+        sent = sum(t["bytes_sent"] for t in after.values()) - sum(t["bytes_sent"] for t in before.values())
+        recv = sum(t["bytes_recv"] for t in after.values()) - sum(t["bytes_recv"] for t in before.values())
+        window_tokens += tokens_per_step
+        if log_now:
+            now = time.perf_counter()
+            tok_s = window_tokens / max(now - window_t, 1e-9)
+            window_t, window_tokens = now, 0
+            progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
+                                  f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
+        want_stop = stop["signal"] is not None
+        if size > 1:
+            want_stop = world.allreduce(want_stop, op=MPI.LOR)
+        if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
+            save(step + 1)
+        recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=recv,
+                          loss=loss, tokens=tokens_per_step // size, lr=lr, grad_norm=grad_norm,
+                          global_loss=global_loss)
+        if want_stop:
+            progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
+            break
+    save(step + 1)
+    recorder.write_trace(timer) if trace else None
+    recorder.close()
+    wall = time.perf_counter() - t_start
+    summary.update(end_step=step + 1, val_loss=val_loss, wall_seconds=wall,
+                   tokens_per_second=(step + 1 - start_step) * tokens_per_step / wall)
+    if rank == 0:
+        with open(os.path.join(run_dir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+        progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
+                         f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
+    return 0
+
+
+def _raise(message):
+    raise UserError(message)
