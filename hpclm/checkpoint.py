@@ -83,6 +83,11 @@ class Checkpoint:
 
     def restore(self, model, optimizer):
         """Copy parameters and optimizer state into `model` and `optimizer` after checking the layout."""
+        self.restore_params(model)
+        optimizer.load_state_dict({"t": self.optim_t, **self.optim})
+
+    def restore_params(self, model):
+        """Copy the parameters into `model` after checking that its layout is the checkpoint's."""
         mine = [(name, list(shape)) for name, shape, _ in model.layout.index()]
         theirs = [(name, list(shape)) for name, shape, _ in self.layout]
         if mine != theirs or self.params.shape != (model.layout.size,):
@@ -92,4 +97,3 @@ class Checkpoint:
             raise UserError(f"checkpoint {self.path} does not match the model's parameters "
                             f"({len(self.layout)} tensors vs {len(mine)}; {'; '.join(diff) or 'different names'})")
         model.flat[...] = X.to_device(self.params.astype(model.dtype, copy=False))
-        optimizer.load_state_dict({"t": self.optim_t, **self.optim})
