@@ -15,13 +15,13 @@ from hpclm.comm.wire import scratch
 SEGMENT_BYTES = 1 << 20   # ring/rabenseifner pipeline unit: reduce segment k while k+1 arrives
 
 
-def send_recv_reduce(wire, send, dest, acc, source, op, segment_bytes=SEGMENT_BYTES):
+def send_recv_reduce(wire, send, dest, acc, source, op):
     """Send `send` to dest while receiving source's matching array and reducing it into `acc`.
 
     Both sides cut their arrays into the same segments, so segment k is reduced while later
     ones are still in flight. `send` and `acc` must not overlap.
     """
-    seg = max(1, segment_bytes // acc.itemsize)
+    seg = max(1, SEGMENT_BYTES // acc.itemsize)
     tmp = scratch(acc, acc.size)                                         # (len(acc),)
     cuts = [(a, min(a + seg, acc.size)) for a in range(0, acc.size, seg)]
     recvs = [wire.irecv(tmp[a:b], source) for a, b in cuts]

@@ -44,7 +44,8 @@ def reduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
         if impl == "ring":
             algorithms.ring_reduce_scatter(wire, work, op)
         else:
-            comm.Reduce_scatter(MPI.IN_PLACE, [work, (counts, starts[:-1])], op=_MPI_OPS[op])
+            comm.Reduce_scatter(MPI.IN_PLACE, work, counts, op=_MPI_OPS[op])   # block r lands at work[0:]
+            work[starts[r]:starts[r + 1]] = work[:counts[r]].copy()
             wire.charge((P - 1) * work.nbytes // P, (P - 1) * work.nbytes // P)
     _counted(f"reduce_scatter:{impl}", comm, body)
     ops.finish(work[starts[r]:starts[r + 1]], op, P)
