@@ -18,3 +18,7 @@ if [ ! -f "$STAMP" ] || [ "$HPCLM_ROOT/setup.py" -nt "$STAMP" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 cd "$HPCLM_ROOT"
+# MPICH busy-polls while waiting. With more ranks than cores (e.g. -n 4 on 2 cores) set
+# HPCLM_OVERSUBSCRIBED=1 to make waiting ranks yield (nanosleep): better for throughput of
+# oversubscribed test runs, but it adds ~0.1-1 ms latency per wait, so benchmarks leave it off.
+if [ "${HPCLM_OVERSUBSCRIBED:-0}" = "1" ]; then export MPIR_CVAR_ENABLE_HEAVY_YIELD=1; fi
