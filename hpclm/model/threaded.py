@@ -45,18 +45,20 @@ class ThreadedGPT:
         losses = self._run(lambda i, a, b: self.replicas[i].loss(idx[a:b], targets[a:b]), slices)
         return sum(loss * (b - a) for loss, (a, b) in zip(losses, slices)) / idx.shape[0]
 
-    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False):
-        """As GPT.forward_backward: row-weighted mean over the slices, gradients into model.grad_flat."""
+    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False, timer=None):
+        """As GPT.forward_backward: row-weighted mean over the slices, gradients into model.grad_flat.
+        The timer follows the first slice's thread (all slices run the same phases side by side)."""
         batch = idx.shape[0]
         slices = self._slices(batch)
         if len(slices) == 1:
-            return self.model.forward_backward(idx, targets, grad_ready=grad_ready, accumulate=accumulate)
+            return self.model.forward_backward(idx, targets, grad_ready=grad_ready, accumulate=accumulate, timer=timer)
         weights = [(b - a) / batch for a, b in slices]
         combine = _SegmentCombiner(self.model.grad_flat, [r.grad_flat for r in self.replicas[:len(slices)]],
                                    weights, accumulate, grad_ready)
 
         def work(i, a, b):
-            return self.replicas[i].forward_backward(idx[a:b], targets[a:b], grad_ready=lambda off: combine.reached(i, off))
+            return self.replicas[i].forward_backward(idx[a:b], targets[a:b], timer=timer if i == 0 else None,
+                                                     grad_ready=lambda off: combine.reached(i, off))
 
         losses = self._run(work, slices)
         return sum(loss * w for loss, w in zip(losses, weights))
