@@ -168,13 +168,6 @@ def test_builtin_corpus_bigram_entropy_far_below_unigram():
     assert bigram_conditional < 0.75 * unigram
 
 
-def test_generating_a_million_chars_is_fast():
-    import time
-    start = time.perf_counter()
-    builtin_corpus(1_000_000)
-    assert time.perf_counter() - start < 1.5
-
-
 # -------------------------------------------------------------------------------- batches
 
 def test_splitmix64_matches_the_reference_sequence():
