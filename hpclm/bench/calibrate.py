@@ -2,13 +2,12 @@
 
 alpha, beta: every rank exchanges messages with a partner (rank ^ 1) at once, through the same
 counted Sendrecv path the algorithms use (Python overhead included), and t = alpha + n*beta is
-fitted (relative least squares) to the median exchange time (max over ranks) per size. Running
+fitted (relative least squares) to the fastest exchange time (max over ranks) per size. Running
 all pairs at once measures a link as the collectives load it: at `-n 4` on two cores the four
 ranks share the cores and memory bandwidth, as they do in a 4-rank all-reduce.
 gamma: every rank times `add(a, b, out=a)` on its own arrays at once, fitted as t = n*gamma.
 Calibrate at the rank count you will run (`mpiexec -n P hpclm bench calibrate --out ...`).
 """
-import statistics
 import time
 
 import numpy
@@ -27,7 +26,8 @@ def add_arguments(parser):
 
 
 def _timed(world, fn, iters):
-    """Median over repetitions of the max over ranks of one call of fn()."""
+    """Min over repetitions of the max over ranks of one call of fn() (robust to other jobs'
+    interference on a shared machine, as is usual for ping-pong calibration)."""
     fn()
     times = numpy.zeros(iters)
     for i in range(iters):
@@ -36,7 +36,7 @@ def _timed(world, fn, iters):
         fn()
         times[i] = time.perf_counter() - t0
     world.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-    return float(statistics.median(times))
+    return float(times.min())
 
 
 def measure_exchange(world, sizes, iters):

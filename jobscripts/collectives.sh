@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Reproduces results/collectives/ on one machine with plain mpiexec:
+# calibrate the cost model at P=2 and P=4, sweep all-reduce sizes 4 B..64 MiB for every
+# algorithm next to MPI's own (with --check), and measure comm/compute overlap.
+# Usage: jobscripts/collectives.sh [ranks...]   (default: 2 4)
+source "$(dirname "$0")/env.sh"
+OUT=results/collectives
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one core per rank; BLAS threads would oversubscribe
+ALGS=ring,recursive_doubling,rabenseifner,tree,hierarchical,auto
+for P in "${@:-2 4}"; do
+  mpiexec -n "$P" hpclm bench calibrate --out "$OUT/calibration-n$P.json" | tee "$OUT/calibration-n$P.txt"
+  mpiexec -n "$P" hpclm bench collectives --check --sizes 4:64M --iters 10 --algorithms "$ALGS" \
+    --calibration "$OUT/calibration-n$P.json" \
+    --txt "$OUT/allreduce-n$P.txt" --json "$OUT/allreduce-n$P.json" --h5 "$OUT/allreduce-n$P.h5" > /dev/null
+  mpiexec -n "$P" hpclm bench collectives --overlap --overlap-size 16M --iters 10 \
+    --algorithms ring,recursive_doubling --txt "$OUT/overlap-n$P.txt" --json "$OUT/overlap-n$P.json" > /dev/null
+done
