@@ -200,8 +200,10 @@ def run(args):
     meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=versions(),
                 layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
                              "algorithm": cfg.comm.algorithm, "cuda_aware": cfg.comm.cuda_aware})
+    # A resumed run keeps the record of the steps before it: its own file starts at its first step.
+    record_name = f"timing-from-{start_step}.h5" if start_step else "timing.h5"
     recorder = Recorder(run_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
-                        enabled=cfg.train.timing)
+                        enabled=cfg.train.timing, file_name=record_name)
 
     progress = Progress(cfg.train.max_steps, rank == 0)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
@@ -223,81 +225,84 @@ def run(args):
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, on_signal)
+    previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
 
-    def save(step):
-        rng_states = world.gather(rng.bit_generator.state)
+        def save(step):
+            rng_states = world.gather(rng.bit_generator.state)
+            if rank == 0:
+                with timer.region("checkpoint"):
+                    ckpt_io.save(os.path.join(run_dir, ckpt_io.FILE_NAME), model=model, optimizer=optimizer, step=step,
+                                 config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states)
+            world.Barrier()
+
+        summary = {"start_step": start_step, "world_size": size}
+        t_start = time.perf_counter()
+        window_t, window_tokens = time.perf_counter(), 0
+        val_loss = math.nan
+        step = start_step
+        for step in range(start_step, cfg.train.max_steps):
+            lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+            before = C.counters.snapshot()
+            loss = 0.0
+            for micro in range(n_micro):
+                with timer.region("data"):
+                    x, y = sampler.batch(step, micro, n_micro)
+                    x, y = X.to_device(x), X.to_device(y)
+                loss += model.forward_backward(x, y, grad_ready=dp.backward_hook(micro == n_micro - 1),
+                                               accumulate=micro > 0, timer=timer)
+            dp.finish()
+            with timer.region("optimizer"):
+                if n_micro > 1:
+                    model.grad_flat *= 1.0 / n_micro
+                grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
+                optimizer.step(model.flat, model.grad_flat, lr)
+            loss /= n_micro
+            last = step == cfg.train.max_steps - 1
+            log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == start_step
+            global_loss = world.allreduce(loss) / size if (log_now and size > 1) else loss
+            if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
+                dp.check_identical(model.flat, step)
+            if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0) or last:
+                with timer.region("eval"):
+                    val_loss = evaluate(model, data.val, val_offsets, cfg.model.block_size, rank, size, world)
+                recorder.log_eval(step, val_loss, global_loss)
+                progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
+            after = C.counters.snapshot()
+            sent = sum(t["bytes_sent"] for t in after.values()) - sum(t["bytes_sent"] for t in before.values())
+            recv = sum(t["bytes_recv"] for t in after.values()) - sum(t["bytes_recv"] for t in before.values())
+            window_tokens += tokens_per_step
+            if log_now:
+                now = time.perf_counter()
+                tok_s = window_tokens / max(now - window_t, 1e-9)
+                window_t, window_tokens = now, 0
+                progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
+                                      f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
+            want_stop = stop["signal"] is not None
+            if size > 1:
+                want_stop = world.allreduce(want_stop, op=MPI.LOR)
+            if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
+                save(step + 1)
+            recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=recv,
+                              loss=loss, tokens=tokens_per_step // size, lr=lr, grad_norm=grad_norm,
+                              global_loss=global_loss)
+            if want_stop:
+                progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
+                break
+        save(step + 1)
+        recorder.write_trace(timer) if trace else None
+        recorder.close()
+        wall = time.perf_counter() - t_start
+        summary.update(end_step=step + 1, val_loss=val_loss, wall_seconds=wall,
+                       tokens_per_second=(step + 1 - start_step) * tokens_per_step / wall)
         if rank == 0:
-            with timer.region("checkpoint"):
-                ckpt_io.save(os.path.join(run_dir, ckpt_io.FILE_NAME), model=model, optimizer=optimizer, step=step,
-                             config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states)
-        world.Barrier()
-
-    summary = {"start_step": start_step, "world_size": size}
-    t_start = time.perf_counter()
-    window_t, window_tokens = time.perf_counter(), 0
-    val_loss = math.nan
-    step = start_step
-    for step in range(start_step, cfg.train.max_steps):
-        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
-        before = C.counters.snapshot()
-        loss = 0.0
-        for micro in range(n_micro):
-            with timer.region("data"):
-                x, y = sampler.batch(step, micro, n_micro)
-                x, y = X.to_device(x), X.to_device(y)
-            loss += model.forward_backward(x, y, grad_ready=dp.backward_hook(micro == n_micro - 1),
-                                           accumulate=micro > 0, timer=timer)
-        dp.finish()
-        with timer.region("optimizer"):
-            if n_micro > 1:
-                model.grad_flat *= 1.0 / n_micro
-            grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
-            optimizer.step(model.flat, model.grad_flat, lr)
-        loss /= n_micro
-        last = step == cfg.train.max_steps - 1
-        log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == start_step
-        global_loss = world.allreduce(loss) / size if (log_now and size > 1) else loss
-        if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
-            dp.check_identical(model.flat, step)
-        if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0) or last:
-            with timer.region("eval"):
-                val_loss = evaluate(model, data.val, val_offsets, cfg.model.block_size, rank, size, world)
-            recorder.log_eval(step, val_loss, global_loss)
-            progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
-        after = C.counters.snapshot()
-        sent = sum(t["bytes_sent"] for t in after.values()) - sum(t["bytes_sent"] for t in before.values())
-        recv = sum(t["bytes_recv"] for t in after.values()) - sum(t["bytes_recv"] for t in before.values())
-        window_tokens += tokens_per_step
-        if log_now:
-            now = time.perf_counter()
-            tok_s = window_tokens / max(now - window_t, 1e-9)
-            window_t, window_tokens = now, 0
-            progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
-                                  f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
-        want_stop = stop["signal"] is not None
-        if size > 1:
-            want_stop = world.allreduce(want_stop, op=MPI.LOR)
-        if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
-            save(step + 1)
-        recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=recv,
-                          loss=loss, tokens=tokens_per_step // size, lr=lr, grad_norm=grad_norm,
-                          global_loss=global_loss)
-        if want_stop:
-            progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
-            break
-    save(step + 1)
-    recorder.write_trace(timer) if trace else None
-    recorder.close()
-    wall = time.perf_counter() - t_start
-    summary.update(end_step=step + 1, val_loss=val_loss, wall_seconds=wall,
-                   tokens_per_second=(step + 1 - start_step) * tokens_per_step / wall)
-    if rank == 0:
-        with open(os.path.join(run_dir, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=1)
-        progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
-                         f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
+            with open(os.path.join(run_dir, "summary.json"), "w") as fh:
+                json.dump(summary, fh, indent=1)
+            progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
+                             f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 

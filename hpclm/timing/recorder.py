@@ -33,7 +33,7 @@ def node_local_ranks(hostnames):
 
 
 class Recorder:
-    def __init__(self, run_dir, comm, meta, regions=(), flush_every=10, enabled=True):
+    def __init__(self, run_dir, comm, meta, regions=(), flush_every=10, enabled=True, file_name=schema.FILE_NAME):
         """`regions`: extra region names beyond schema.REGIONS; `meta`: provenance attributes
         (config_json, git_commit, versions_json, layout_json, ...); world size, host names,
         node-local ranks, start time and schema version are filled in here."""
@@ -48,7 +48,7 @@ class Recorder:
         self._region_index = {r: i for i, r in enumerate(self.regions)}
         self._field_index = {f: len(self.regions) + i for i, f in enumerate(schema.RANK_FIELDS)}
         self.flush_every = flush_every
-        self.path = os.path.join(run_dir, schema.FILE_NAME)
+        self.path = os.path.join(run_dir, file_name)
         self._writer = None
         if not enabled:
             return
