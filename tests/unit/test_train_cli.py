@@ -233,3 +233,35 @@ def test_resume_keeps_earlier_timing_record(tmp_path, cache):
     for path in sorted(run_dir.glob("timing*.h5")):
         steps |= {int(s) for s in read_run(path).step}
     assert steps == set(range(6)), sorted(steps)
+
+
+def _sample(ckpt, *extra):
+    cmd = [sys.executable, "-m", "hpclm.cli", "sample", "--checkpoint", str(ckpt)] + list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env())
+
+
+@pytest.mark.skipif(not _has_sample(), reason="hpclm/sample.py is not part of this tree yet")
+def test_sample_top1_is_greedy_and_crops_long_prompts(good_run):
+    prompt = "The old cats chase a red ball near the river. "        # longer than block_size 16
+    a = _sample(good_run, "--prompt", prompt, "--tokens", "12", "--top-k", "1", "--seed", "1")
+    b = _sample(good_run, "--prompt", prompt, "--tokens", "12", "--top-k", "1", "--seed", "2")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout                                   # top-1 ignores the seed
+    assert a.stdout.startswith(prompt) and len(a.stdout.rstrip("\n")) == len(prompt) + 12
+
+
+@pytest.mark.skipif(not _has_sample(), reason="hpclm/sample.py is not part of this tree yet")
+@pytest.mark.parametrize("case", ["unknown-char", "temperature", "corrupt"])
+def test_sample_bad_input(tmp_path, good_run, case):
+    ckpt, extra = good_run, ["--prompt", "The cat", "--tokens", "5"]
+    if case == "unknown-char":
+        extra = ["--prompt", "caf\u00e9 \u2603", "--tokens", "5"]          # not in the built-in corpus
+    elif case == "temperature":
+        extra += ["--temperature", "0"]
+    else:
+        ckpt = tmp_path / "ckpt.h5"
+        ckpt.write_bytes((good_run / "ckpt.h5").read_bytes()[:3000])
+    proc = _sample(ckpt, *extra)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("hpclm: error: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
