@@ -263,7 +263,10 @@ def run(args):
             global_loss = world.allreduce(loss) / size if (log_now and size > 1) else loss
             if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
                 dp.check_identical(model.flat, step)
-            if cfg.train.eval_interval and ((step + 1) % cfg.train.eval_interval == 0) or last:
+            want_stop = stop["signal"] is not None
+            if size > 1:
+                want_stop = world.allreduce(want_stop, op=MPI.LOR)
+            if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
                 with timer.region("eval"):
                     val_loss = evaluate(model, data.val, val_offsets, cfg.model.block_size, rank, size, world)
                 recorder.log_eval(step, val_loss, global_loss)
@@ -278,9 +281,6 @@ def run(args):
                 window_t, window_tokens = now, 0
                 progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
                                       f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
-            want_stop = stop["signal"] is not None
-            if size > 1:
-                want_stop = world.allreduce(want_stop, op=MPI.LOR)
             if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
                 save(step + 1)
             recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=recv,
@@ -297,7 +297,8 @@ def run(args):
                        tokens_per_second=(step + 1 - start_step) * tokens_per_step / wall)
         if rank == 0:
             with open(os.path.join(run_dir, "summary.json"), "w") as fh:
-                json.dump(summary, fh, indent=1)
+                json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()},
+                      fh, indent=1, allow_nan=False)
             progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
                              f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
     finally:
