@@ -1,13 +1,24 @@
-"""`hpclm bench calibrate`: fit the cost model's alpha, beta, gamma on this machine.
+"""`hpclm bench calibrate`: fit the cost model's alpha, beta, gamma on this machine, for this P.
 
-alpha, beta: every rank exchanges messages with a partner (rank ^ 1) at once, through the same
-counted Sendrecv path the algorithms use (Python overhead included), and t = alpha + n*beta is
-fitted (relative least squares) to the fastest exchange time (max over ranks) per size. Running
-all pairs at once measures a link as the collectives load it: at `-n 4` on two cores the four
-ranks share the cores and memory bandwidth, as they do in a 4-rank all-reduce.
-gamma: every rank times `add(a, b, out=a)` on its own arrays at once, fitted as t = n*gamma.
-Calibrate at the rank count you will run (`mpiexec -n P hpclm bench calibrate --out ...`).
+Every quantity is the *median* over repetitions of the max over ranks of one timed call, the
+same statistic `hpclm bench collectives` reports (a minimum would describe an idle machine,
+not the one the collectives run on). All ranks measure at once, so at `-n 4` on two cores the
+four ranks share cores and memory bandwidth as they do in a 4-rank all-reduce.
+
+alpha: the per-step cost of our own point-to-point step, i.e. one `send_recv_reduce` round with
+       a partner (rank ^ 1) exactly as ring/Rabenseifner run it (Irecv/Isend/Wait + a numpy
+       reduction + the Python around them), at small sizes (<= 1 KiB) where the bytes cost
+       nothing; alpha = median of those step times.
+beta:  from Sendrecv exchanges with the partner at >= 64 KiB: t - t0 = n*beta, with t0 the
+       Sendrecv time at <= 1 KiB (its own latency); fitted separately below and above the
+       cache threshold found for gamma (beta, beta_large).
+gamma: every rank times `add(a, b, out=a)` on n-byte arrays at >= 64 KiB; t = n*gamma is fitted
+       in two regimes split where the relative error is least (costmodel.fit_two_slopes), on
+       the per-rank working set 2n: gamma (in cache), gamma_large, cache_bytes.
+The file records P (`world_size`); `hpclm bench collectives --calibration` refuses a file made
+at another P. Calibrate at the rank count you will run (`mpiexec -n P hpclm bench calibrate`).
 """
+import math
 import time
 
 import numpy
@@ -15,8 +26,12 @@ from mpi4py import MPI
 
 from hpclm.bench.common import human_bytes, parse_sizes, print_table
 from hpclm.comm import costmodel
+from hpclm.comm.algorithms import send_recv_reduce
 from hpclm.comm.ops import combine
 from hpclm.comm.wire import Wire
+
+SMALL = 1 << 10      # sizes <= this measure latency (alpha, t0)
+LARGE = 64 << 10     # sizes >= this measure bandwidth (beta, gamma)
 
 
 def add_arguments(parser):
@@ -26,8 +41,8 @@ def add_arguments(parser):
 
 
 def _timed(world, fn, iters):
-    """Min over repetitions of the max over ranks of one call of fn() (robust to other jobs'
-    interference on a shared machine, as is usual for ping-pong calibration)."""
+    """Median over repetitions of the max over ranks of one call of fn() (the statistic the
+    collectives benchmark compares predictions with)."""
     fn()
     times = numpy.zeros(iters)
     for i in range(iters):
@@ -36,16 +51,32 @@ def _timed(world, fn, iters):
         fn()
         times[i] = time.perf_counter() - t0
     world.Allreduce(MPI.IN_PLACE, times, op=MPI.MAX)
-    return float(times.min())
+    return float(numpy.median(times))
+
+
+def _partner(world):
+    rank, P = world.Get_rank(), world.Get_size()
+    return rank ^ 1 if (rank ^ 1) < P else None            # an odd last rank sits out
 
 
 def measure_exchange(world, sizes, iters):
-    wire, rank, P = Wire(world, "calibrate"), world.Get_rank(), world.Get_size()
-    partner = rank ^ 1 if (rank ^ 1) < P else None            # an odd last rank sits out
+    wire, partner = Wire(world, "calibrate"), _partner(world)
     out = []
     for nbytes in sizes:
         send, recv = numpy.zeros(nbytes, numpy.uint8), numpy.empty(nbytes, numpy.uint8)
         step = (lambda: wire.sendrecv(send, partner, recv, partner)) if partner is not None else (lambda: None)
+        out.append(_timed(world, step, iters))
+    return out
+
+
+def measure_step(world, sizes, iters):
+    """One send_recv_reduce round (float32, sum) with the partner, per size."""
+    wire, partner = Wire(world, "calibrate"), _partner(world)
+    out = []
+    for nbytes in sizes:
+        send = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
+        acc = numpy.zeros_like(send)
+        step = (lambda: send_recv_reduce(wire, send, partner, acc, partner, "sum")) if partner is not None else (lambda: None)
         out.append(_timed(world, step, iters))
     return out
 
@@ -59,26 +90,51 @@ def measure_reduce(world, sizes, iters):
     return out
 
 
+def fit(sizes, step, exchange, reduce_sizes, reduce_times):
+    """CostParams from the measurements (pure arithmetic; see the module docstring)."""
+    small = [i for i, n in enumerate(sizes) if n <= SMALL]
+    big = [i for i, n in enumerate(sizes) if n >= LARGE]
+    alpha = float(numpy.median([step[i] for i in small]))
+    t0 = float(numpy.median([exchange[i] for i in small]))
+    gamma, gamma_large, cache = costmodel.fit_two_slopes([2 * n for n in reduce_sizes], reduce_times)
+    # beta: per byte of n, split at the same working-set threshold (2n vs cache)
+    ws = [2 * sizes[i] for i in big]
+    net = [max(exchange[i] - t0, 1e-9) for i in big]
+    b2, b2_large, _ = costmodel.fit_two_slopes(ws, net, threshold=cache)
+    beta, beta_large = 2 * b2, 2 * b2_large          # slopes were per working-set byte (2n)
+    gamma, gamma_large = 2 * gamma, 2 * gamma_large
+    return costmodel.CostParams(alpha=alpha, beta=beta, gamma=gamma, beta_large=beta_large,
+                                gamma_large=gamma_large, cache_bytes=None if math.isinf(cache) else cache)
+
+
 def run(args):
     world = MPI.COMM_WORLD
     if world.Get_size() < 2:
         print("hpclm bench calibrate needs at least 2 ranks (mpiexec -n 2 ...)")
         return 2
     sizes = parse_sizes(args.sizes)
+    if not any(n <= SMALL for n in sizes) or sum(n >= LARGE for n in sizes) < 2:
+        print(f"hpclm bench calibrate needs sizes <= {SMALL} B and two or more >= {LARGE} B")
+        return 2
+    step = measure_step(world, [n for n in sizes if n <= SMALL], args.iters) + [math.nan] * sum(n > SMALL for n in sizes)
     exchange = measure_exchange(world, sizes, args.iters)
-    big = [n for n in sizes if n >= 64 << 10]
+    big = [n for n in sizes if n >= LARGE]
     reduce_times = measure_reduce(world, big, args.iters)
-    alpha, beta = costmodel.fit_alpha_beta(sizes, exchange)
-    gamma = costmodel.fit_gamma(big, reduce_times)
-    params = costmodel.CostParams(alpha=alpha, beta=beta, gamma=gamma)
+    params = fit(sizes, step, exchange, big, reduce_times)
     if world.Get_rank() == 0:
-        rows = [{"size": human_bytes(n), "exchange_us": t * 1e6, "fit_us": (alpha + n * beta) * 1e6,
-                 "reduce_us": (dict(zip(big, reduce_times)).get(n, float("nan"))) * 1e6} for n, t in zip(sizes, exchange)]
-        print_table(rows, [("size", ""), ("exchange_us", ".1f"), ("fit_us", ".1f"), ("reduce_us", ".1f")])
-        print(f"alpha = {alpha * 1e6:.2f} us, beta = 1/({1 / beta / 1e9:.2f} GB/s), gamma = 1/({1 / gamma / 1e9:.2f} GB/s)"
-              f"  (P={world.Get_size()}) -> {args.out}")
-        costmodel.save_params(args.out, params, world_size=world.Get_size(), sizes=sizes, exchange_s=exchange,
-                              reduce_sizes=big, reduce_s=reduce_times, mpi_library=MPI.Get_library_version().split("\n")[0])
+        red = dict(zip(big, reduce_times))
+        rows = [{"size": human_bytes(n), "step_us": s * 1e6, "exchange_us": t * 1e6,
+                 "reduce_us": red.get(n, math.nan) * 1e6,
+                 "model_step_us": (params.alpha + n * (params.beta_at(n) + params.gamma_at(n))) * 1e6}
+                for n, s, t in zip(sizes, step, exchange)]
+        print_table(rows, [("size", ""), ("step_us", ".1f"), ("exchange_us", ".1f"), ("reduce_us", ".1f"),
+                           ("model_step_us", ".1f")])
+        gb = lambda x: 1 / x / 1e9 if x else math.inf  # noqa: E731
+        cache = "none" if params.cache_bytes is None else human_bytes(int(params.cache_bytes))
+        print(f"alpha = {params.alpha * 1e6:.2f} us, beta = 1/({gb(params.beta):.2f} GB/s) | 1/({gb(params.beta_large):.2f} GB/s), "
+              f"gamma = 1/({gb(params.gamma):.2f} GB/s) | 1/({gb(params.gamma_large):.2f} GB/s), "
+              f"threshold 2n > {cache}  (P={world.Get_size()}, medians of {args.iters}) -> {args.out}")
+        costmodel.save_params(args.out, params, world_size=world.Get_size(), sizes=sizes, step_s=step,
+                              exchange_s=exchange, reduce_sizes=big, reduce_s=reduce_times, statistic="median",
+                              iters=args.iters, mpi_library=MPI.Get_library_version().split("\n")[0])
     return 0
-
-

@@ -110,7 +110,7 @@ def run_sizes(world, args):
         if name not in comm.ALGORITHMS:
             raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(comm.ALGORITHMS)}")
     sizes, P = parse_sizes(args.sizes), world.Get_size()
-    params = costmodel.load_params(args.calibration) if args.calibration else cost_params()
+    params = costmodel.load_params(args.calibration, world_size=P) if args.calibration else cost_params()
     if args.check:
         failures = check(world, algorithms, sizes, args.dtype, args.op)
         if world.Get_rank() == 0:

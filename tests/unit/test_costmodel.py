@@ -93,3 +93,46 @@ def test_params_round_trip(tmp_path):
     assert costmodel.load_params(tmp_path / "c.json") == params
     with pytest.raises(UserError, match="not found"):
         costmodel.load_params(tmp_path / "missing.json")
+
+
+def test_fit_two_slopes_recovers_regimes_and_threshold():
+    g_in, g_out = 1 / 30e9, 1 / 8e9
+    ws = [2 * 4 ** k * 1024 for k in range(3, 10)]                  # 128 KiB .. 512 MiB working sets
+    cache = 16 << 20
+    times = [x * (g_in if x <= cache else g_out) * (1 + 0.01 * (-1) ** k) for k, x in enumerate(ws)]
+    s_in, s_out, thr = costmodel.fit_two_slopes(ws, times)
+    assert s_in == pytest.approx(g_in, rel=0.02) and s_out == pytest.approx(g_out, rel=0.02)
+    assert 8 << 20 < thr < 32 << 20                                  # between the sizes either side
+    # a given threshold splits there; one regime only -> both slopes equal, threshold inf
+    s_in2, s_out2, thr2 = costmodel.fit_two_slopes(ws, times, threshold=cache)
+    assert (s_in2, s_out2, thr2) == (pytest.approx(s_in), pytest.approx(s_out), cache)
+    one = costmodel.fit_two_slopes(ws, [x * g_in for x in ws])
+    assert one[0] == pytest.approx(g_in) and one[2] == math.inf
+
+
+def test_size_dependent_beta_gamma():
+    p = CostParams(alpha=1e-6, beta=1e-10, gamma=1e-11, beta_large=4e-10, gamma_large=5e-11, cache_bytes=16 << 20)
+    small, large = 4 << 20, 16 << 20                                 # working sets 8 MiB and 32 MiB
+    assert predict("ring", small, 2, p) == pytest.approx(2 * 1e-6 + small * 1e-10 + small / 2 * 1e-11)
+    assert predict("ring", large, 2, p) == pytest.approx(2 * 1e-6 + large * 4e-10 + large / 2 * 5e-11)
+    plain = CostParams(alpha=1e-6, beta=1e-10, gamma=1e-11)
+    assert predict("recursive_doubling", large, 4, plain) == pytest.approx(2 * (1e-6 + large * 1.1e-10))
+
+
+def test_calibration_fit_and_world_size(tmp_path):
+    from hpclm.bench.calibrate import fit
+    alpha, beta, gamma, beta_l, gamma_l = 10e-6, 1 / 10e9, 1 / 30e9, 1 / 4e9, 1 / 8e9
+    sizes = [4, 64, 1024, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+    t0 = 4e-6
+    big = [n for n in sizes if n >= 64 << 10]
+    exchange = [t0 + (n * (beta if 2 * n <= 16 << 20 else beta_l) if n >= 64 << 10 else 0) for n in sizes]
+    reduce_times = [n * (gamma if 2 * n <= 16 << 20 else gamma_l) for n in big]
+    p = fit(sizes, [alpha] * 3 + [math.nan] * 6, exchange, big, reduce_times)
+    assert p.alpha == pytest.approx(alpha)
+    assert (p.beta, p.beta_large) == (pytest.approx(beta), pytest.approx(beta_l))
+    assert (p.gamma, p.gamma_large) == (pytest.approx(gamma), pytest.approx(gamma_l))
+    assert 8 << 20 < p.cache_bytes < 32 << 20
+    costmodel.save_params(tmp_path / "c.json", p, world_size=2)
+    assert costmodel.load_params(tmp_path / "c.json", world_size=2) == p
+    with pytest.raises(UserError, match="P=2"):
+        costmodel.load_params(tmp_path / "c.json", world_size=4)
