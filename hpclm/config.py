@@ -135,12 +135,43 @@ class CommConfig:
 
 
 @dataclass
+class CompressConfig:
+    name: str = "none"           # compressor, see hpclm.compress.REGISTRY
+    error_feedback: str = "auto"  # auto (on where the literature uses it) | on | off
+    density: float = 0.01        # topk / randomk: fraction of elements sent
+    topk_method: str = "exact"   # exact | sampled (DGC's threshold estimated from a sample)
+    threshold: float = 1e-3      # threshold: send elements with |g| > threshold
+    levels: int = 16             # qsgd: quantization levels s
+    block: int = 256             # int8: elements per scale block
+    rank: int = 4                # powersgd: rank r
+    clusters: int = 16           # kmeans: k centroids (log2(k) bits per element)
+    momentum_correction: bool = False  # DGC: accumulate velocity, not gradients, in the residual
+    factor_masking: bool = False       # DGC: clear momentum where an element was sent
+    momentum: float = 0.9        # DGC momentum factor
+    seed: int = 0                # shared seed for randomized compressors (same on every rank)
+
+    def validate(self):
+        if self.error_feedback not in ("auto", "on", "off"):
+            raise UserError(f"compress.error_feedback must be auto, on or off; got {self.error_feedback!r}")
+        if not 0.0 < self.density <= 1.0:
+            raise UserError(f"compress.density must be in (0, 1], got {self.density}")
+        if self.topk_method not in ("exact", "sampled"):
+            raise UserError(f"compress.topk_method must be exact or sampled, got {self.topk_method!r}")
+        for name in ("levels", "block", "rank"):
+            if getattr(self, name) < 1:
+                raise UserError(f"compress.{name} must be >= 1, got {getattr(self, name)}")
+        if self.clusters < 2 or self.clusters & (self.clusters - 1):
+            raise UserError(f"compress.clusters must be a power of two >= 2, got {self.clusters}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
     def validate(self):
         for f in fields(self):

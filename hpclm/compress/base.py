@@ -1,0 +1,51 @@
+"""The compressor contract (GRACE's split: compressor / memory / communicator; no MPI here).
+
+A compressor turns a flat gradient slice (n,) into a *payload* (a tuple of arrays that travel)
+plus a local *context* (what the receiver-side decompress needs but that does not travel, e.g.
+the original size or a shared seed), and back. It declares how payloads combine across ranks:
+
+    AGGREGATE_SUM        payloads can be summed element-wise on the wire (all-reduce works):
+                         none, fp16, bf16, randomk (indices from a shared seed: only values travel)
+    AGGREGATE_GATHER     payloads must be all-gathered and each decompressed, then summed:
+                         int8, qsgd, terngrad, ef_sign, topk, threshold, kmeans
+    AGGREGATE_SIGN_VOTE  1-bit signs combined by majority vote (signsgd)
+    AGGREGATE_LOW_RANK   PowerSGD's P/Q all-reduces, run by hpclm.parallel (needs matrix shapes)
+
+Communicating payloads is the job of hpclm/parallel/compressed.py, which passes the communicator.
+Error feedback is a separate wrapper (hpclm/compress/memory.py) around any compressor.
+"""
+from dataclasses import dataclass
+
+AGGREGATE_SUM = "sum"
+AGGREGATE_GATHER = "gather"
+AGGREGATE_SIGN_VOTE = "sign_vote"
+AGGREGATE_LOW_RANK = "low_rank"
+
+
+@dataclass
+class Context:
+    """What decompress needs that does not travel: element count, dtype, and per-call extras."""
+    n: int
+    dtype: object
+    extra: object = None
+
+
+class Compressor:
+    """Base class. Subclasses set `name`, `aggregate`, and implement compress/decompress/payload_bytes."""
+
+    name = "base"
+    aggregate = AGGREGATE_GATHER
+
+    def compress(self, grad, step=0):
+        """grad (n,) -> (payload: tuple of arrays, ctx: Context). `step` seeds any randomness so
+        that ranks sharing a seed draw the same indices (randomk) and runs are reproducible."""
+        raise NotImplementedError
+
+    def decompress(self, payload, ctx):
+        """payload, ctx -> (n,) array of ctx.dtype."""
+        raise NotImplementedError
+
+    def payload_bytes(self, n, itemsize=4):
+        """Bytes that travel for one rank's payload of an n-element gradient (the closed form
+        the byte counters are tested against)."""
+        raise NotImplementedError
