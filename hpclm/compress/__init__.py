@@ -1,0 +1,30 @@
+"""Gradient compressors, found by name (DESIGN.md decision 5; the contract is hpclm.compress.base).
+
+    from hpclm.compress import build, build_with_memory, REGISTRY
+    comp = build(cfg.compress, rank=rank)                  # a Compressor
+    comp = build_with_memory(cfg.compress, n, dtype, rank)  # wrapped in ErrorFeedback when on
+
+Compressors never touch MPI; hpclm.parallel moves their payloads.
+"""
+from hpclm.compress.base import (AGGREGATE_GATHER, AGGREGATE_LOW_RANK, AGGREGATE_SIGN_VOTE,  # noqa: F401
+                                 AGGREGATE_SUM, Compressor, Context)
+from hpclm.compress.fp16 import FP16
+from hpclm.compress.none import NoCompression
+from hpclm.compress.topk import TopK
+from hpclm.errors import UserError
+
+REGISTRY = {
+    "none": NoCompression,
+    "fp16": FP16,
+    "topk": TopK,
+}
+
+
+def build(cfg, rank=0):
+    """The compressor named cfg.name, configured from the CompressConfig `cfg`. `rank` salts the
+    randomness of compressors whose draws must be independent across ranks (stochastic rounding);
+    shared draws (randomk indices) ignore it."""
+    cls = REGISTRY.get(cfg.name)
+    if cls is None:
+        raise UserError(f"unknown compressor {cfg.name!r}; valid names: {', '.join(sorted(REGISTRY))}")
+    return cls(cfg, rank=rank)

@@ -49,3 +49,17 @@ class Compressor:
         """Bytes that travel for one rank's payload of an n-element gradient (the closed form
         the byte counters are tested against)."""
         raise NotImplementedError
+
+    # Optional, compatible extensions (defaults for stateless compressors):
+
+    def state_dict(self):
+        """Arrays/values to checkpoint (e.g. PowerSGD's warm-start Q); {} when stateless."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what state_dict returned."""
+
+
+def payload_nbytes(payload):
+    """Bytes that actually travel for a payload (sum of its arrays' nbytes)."""
+    return int(sum(a.nbytes for a in payload))
