@@ -9,6 +9,7 @@ Compressors never touch MPI; hpclm.parallel moves their payloads.
 from hpclm.compress.base import (AGGREGATE_GATHER, AGGREGATE_LOW_RANK, AGGREGATE_SIGN_VOTE,  # noqa: F401
                                  AGGREGATE_SUM, Compressor, Context)
 from hpclm.compress.fp16 import FP16
+from hpclm.compress.memory import ErrorFeedback, build_with_memory, wants_memory  # noqa: F401
 from hpclm.compress.none import NoCompression
 from hpclm.compress.topk import TopK
 from hpclm.errors import UserError

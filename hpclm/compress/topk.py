@@ -87,6 +87,13 @@ class TopK(Compressor):
     def payload_bytes(self, n, itemsize=4):
         return topk_count(n, self.density) * (itemsize + 4)
 
+    def subtract_sent(self, acc, payload, ctx):
+        """Error feedback, fused: acc - D(payload) is acc with the sent entries zeroed."""
+        acc[payload[1]] = 0
+
+    def sent_indices(self, payload):
+        return payload[1]
+
 
 def scatter(values, indices, n, dtype):
     """A dense (n,) array with `values` at `indices` and zeros elsewhere."""
