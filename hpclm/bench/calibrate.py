@@ -5,16 +5,21 @@ same statistic `hpclm bench collectives` reports (a minimum would describe an id
 not the one the collectives run on). All ranks measure at once, so at `-n 4` on two cores the
 four ranks share cores and memory bandwidth as they do in a 4-rank all-reduce.
 
-alpha: the per-step cost of our own point-to-point step, i.e. one `send_recv_reduce` round with
-       a partner (rank ^ 1) exactly as ring/Rabenseifner run it (Irecv/Isend/Wait + a numpy
-       reduction + the Python around them), at small sizes (<= 1 KiB) where the bytes cost
-       nothing; alpha = median of those step times.
-beta:  from Sendrecv exchanges with the partner at >= 64 KiB: t - t0 = n*beta, with t0 the
-       Sendrecv time at <= 1 KiB (its own latency); fitted separately below and above the
-       cache threshold found for gamma (beta, beta_large).
 gamma: every rank times `add(a, b, out=a)` on n-byte arrays at >= 64 KiB; t = n*gamma is fitted
        in two regimes split where the relative error is least (costmodel.fit_two_slopes), on
        the per-rank working set 2n: gamma (in cache), gamma_large, cache_bytes.
+step:  our own point-to-point step as recursive doubling runs it (Sendrecv of the whole buffer
+       with the partner rank ^ 1, then a numpy reduction into it), at every size.
+beta:  from the step at >= 64 KiB minus its reduction (n*gamma(n)): t = c + n*beta is fitted
+       (relative least squares) on the in-cache sizes, and n*beta_large on (t - c) above the
+       threshold. c is the latency of one large (rendezvous-protocol) step.
+alpha: the per-step cost in the regime the model is used for (>= 64 KiB): c, plus the per-call
+       overhead of `comm.allreduce` (argument checks, Wire, counters, and at P > cores the
+       waits for descheduled partners) spread over the steps: the per-step time of our own
+       all-reduces at <= 1 KiB (mean of recursive doubling / log2(P) and ring / 2(P-1)) minus
+       the isolated step at <= 1 KiB.
+       Smaller messages (eager protocol) cost less than alpha, so the model over-predicts below
+       64 KiB; the calibration table shows both.
 The file records P (`world_size`); `hpclm bench collectives --calibration` refuses a file made
 at another P. Calibrate at the rank count you will run (`mpiexec -n P hpclm bench calibrate`).
 """
@@ -25,8 +30,8 @@ import numpy
 from mpi4py import MPI
 
 from hpclm.bench.common import human_bytes, parse_sizes, print_table
+from hpclm import comm
 from hpclm.comm import costmodel
-from hpclm.comm.algorithms import send_recv_reduce
 from hpclm.comm.ops import combine
 from hpclm.comm.wire import Wire
 
@@ -35,7 +40,7 @@ LARGE = 64 << 10     # sizes >= this measure bandwidth (beta, gamma)
 
 
 def add_arguments(parser):
-    parser.add_argument("--sizes", default="4,64,1K,16K,64K,256K,1M,4M,16M,64M", help="message sizes (bytes)")
+    parser.add_argument("--sizes", default="4,64,1K,16K,64K,256K,1M,2M,4M,8M,16M,32M,64M", help="message sizes (bytes)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default="results/calibration.json", help="where to write the fitted parameters")
 
@@ -70,14 +75,31 @@ def measure_exchange(world, sizes, iters):
 
 
 def measure_step(world, sizes, iters):
-    """One send_recv_reduce round (float32, sum) with the partner, per size."""
+    """One recursive-doubling step (float32, sum) with the partner, per size: Sendrecv, then reduce."""
     wire, partner = Wire(world, "calibrate"), _partner(world)
     out = []
     for nbytes in sizes:
-        send = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
-        acc = numpy.zeros_like(send)
-        step = (lambda: send_recv_reduce(wire, send, partner, acc, partner, "sum")) if partner is not None else (lambda: None)
+        buf = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
+        tmp = numpy.zeros_like(buf)
+
+        def step():
+            if partner is not None:
+                wire.sendrecv(buf, partner, tmp, partner)
+                combine(buf, tmp, "sum")
         out.append(_timed(world, step, iters))
+    return out
+
+
+def measure_call(world, sizes, iters):
+    """Per-step time of our small all-reduces (the public entry point), per size: the mean of
+    recursive doubling's time / log2(P) and ring's time / 2(P-1), the two step patterns."""
+    P = world.Get_size()
+    out = []
+    for nbytes in sizes:
+        buf = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
+        rd = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="recursive_doubling"), iters)
+        ring = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="ring"), iters)
+        out.append((rd / max(P.bit_length() - 1, 1) + ring / (2 * (P - 1))) / 2)
     return out
 
 
@@ -90,21 +112,27 @@ def measure_reduce(world, sizes, iters):
     return out
 
 
-def fit(sizes, step, exchange, reduce_sizes, reduce_times):
-    """CostParams from the measurements (pure arithmetic; see the module docstring)."""
+def fit(sizes, step, call, reduce_sizes, reduce_times, P):
+    """CostParams from the measurements (pure arithmetic; see the module docstring).
+    step: per size; call: per size <= SMALL (recursive doubling all-reduce); reduce_*: >= LARGE."""
     small = [i for i, n in enumerate(sizes) if n <= SMALL]
-    big = [i for i, n in enumerate(sizes) if n >= LARGE]
-    alpha = float(numpy.median([step[i] for i in small]))
-    t0 = float(numpy.median([exchange[i] for i in small]))
     gamma, gamma_large, cache = costmodel.fit_two_slopes([2 * n for n in reduce_sizes], reduce_times)
-    # beta: per byte of n, split at the same working-set threshold (2n vs cache)
-    ws = [2 * sizes[i] for i in big]
-    net = [max(exchange[i] - t0, 1e-9) for i in big]
-    b2, b2_large, _ = costmodel.fit_two_slopes(ws, net, threshold=cache)
-    beta, beta_large = 2 * b2, 2 * b2_large          # slopes were per working-set byte (2n)
-    gamma, gamma_large = 2 * gamma, 2 * gamma_large
+    gamma, gamma_large = 2 * gamma, 2 * gamma_large     # slopes were per working-set byte (2n)
+    params = costmodel.CostParams(alpha=0.0, beta=0.0, gamma=gamma, gamma_large=gamma_large,
+                                  cache_bytes=None if math.isinf(cache) else cache)
+    big = [(n, t - n * params.gamma_at(n)) for n, t in zip(sizes, step) if n >= LARGE]
+    inside = [(n, t) for n, t in big if not params._large(n)]
+    outside = [(n, t) for n, t in big if params._large(n)]
+    if len(inside) >= 2:
+        c, beta = costmodel.fit_alpha_beta([n for n, _ in inside], [t for _, t in inside])
+    else:
+        c, beta = 0.0, costmodel.fit_gamma([n for n, _ in big], [t for _, t in big])
+    beta_large = (costmodel.fit_gamma([n for n, _ in outside], [max(t - c, 1e-9) for _, t in outside])
+                  if outside else beta)
+    per_call = float(numpy.median([call[k] - step[i] for k, i in enumerate(small)]))
+    alpha = c + max(per_call, 0.0)
     return costmodel.CostParams(alpha=alpha, beta=beta, gamma=gamma, beta_large=beta_large,
-                                gamma_large=gamma_large, cache_bytes=None if math.isinf(cache) else cache)
+                                gamma_large=gamma_large, cache_bytes=params.cache_bytes)
 
 
 def run(args):
@@ -116,18 +144,19 @@ def run(args):
     if not any(n <= SMALL for n in sizes) or sum(n >= LARGE for n in sizes) < 2:
         print(f"hpclm bench calibrate needs sizes <= {SMALL} B and two or more >= {LARGE} B")
         return 2
-    step = measure_step(world, [n for n in sizes if n <= SMALL], args.iters) + [math.nan] * sum(n > SMALL for n in sizes)
-    exchange = measure_exchange(world, sizes, args.iters)
+    step = measure_step(world, sizes, args.iters)
+    call = measure_call(world, [n for n in sizes if n <= SMALL], args.iters)
     big = [n for n in sizes if n >= LARGE]
     reduce_times = measure_reduce(world, big, args.iters)
-    params = fit(sizes, step, exchange, big, reduce_times)
+    params = fit(sizes, step, call, big, reduce_times, world.Get_size())
     if world.Get_rank() == 0:
         red = dict(zip(big, reduce_times))
-        rows = [{"size": human_bytes(n), "step_us": s * 1e6, "exchange_us": t * 1e6,
+        calls = dict(zip(sizes, call))
+        rows = [{"size": human_bytes(n), "rd_call_us": calls.get(n, math.nan) * 1e6, "step_us": s * 1e6,
                  "reduce_us": red.get(n, math.nan) * 1e6,
                  "model_step_us": (params.alpha + n * (params.beta_at(n) + params.gamma_at(n))) * 1e6}
-                for n, s, t in zip(sizes, step, exchange)]
-        print_table(rows, [("size", ""), ("step_us", ".1f"), ("exchange_us", ".1f"), ("reduce_us", ".1f"),
+                for n, s in zip(sizes, step)]
+        print_table(rows, [("size", ""), ("rd_call_us", ".1f"), ("step_us", ".1f"), ("reduce_us", ".1f"),
                            ("model_step_us", ".1f")])
         gb = lambda x: 1 / x / 1e9 if x else math.inf  # noqa: E731
         cache = "none" if params.cache_bytes is None else human_bytes(int(params.cache_bytes))
@@ -135,6 +164,6 @@ def run(args):
               f"gamma = 1/({gb(params.gamma):.2f} GB/s) | 1/({gb(params.gamma_large):.2f} GB/s), "
               f"threshold 2n > {cache}  (P={world.Get_size()}, medians of {args.iters}) -> {args.out}")
         costmodel.save_params(args.out, params, world_size=world.Get_size(), sizes=sizes, step_s=step,
-                              exchange_s=exchange, reduce_sizes=big, reduce_s=reduce_times, statistic="median",
+                              rd_call_s=call, reduce_sizes=big, reduce_s=reduce_times, statistic="median",
                               iters=args.iters, mpi_library=MPI.Get_library_version().split("\n")[0])
     return 0

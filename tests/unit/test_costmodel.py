@@ -121,14 +121,17 @@ def test_size_dependent_beta_gamma():
 
 def test_calibration_fit_and_world_size(tmp_path):
     from hpclm.bench.calibrate import fit
-    alpha, beta, gamma, beta_l, gamma_l = 10e-6, 1 / 10e9, 1 / 30e9, 1 / 4e9, 1 / 8e9
+    c, overhead, beta, gamma, beta_l, gamma_l = 12e-6, 8e-6, 1 / 10e9, 1 / 30e9, 1 / 4e9, 1 / 8e9
     sizes = [4, 64, 1024, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
-    t0 = 4e-6
+    small_step = 5e-6
     big = [n for n in sizes if n >= 64 << 10]
-    exchange = [t0 + (n * (beta if 2 * n <= 16 << 20 else beta_l) if n >= 64 << 10 else 0) for n in sizes]
-    reduce_times = [n * (gamma if 2 * n <= 16 << 20 else gamma_l) for n in big]
-    p = fit(sizes, [alpha] * 3 + [math.nan] * 6, exchange, big, reduce_times)
-    assert p.alpha == pytest.approx(alpha)
+    large = lambda n: 2 * n > 16 << 20  # noqa: E731
+    step = [small_step if n <= 1024 else
+            c + n * (beta_l if large(n) else beta) + n * (gamma_l if large(n) else gamma) for n in sizes]
+    call = [small_step + overhead] * 3                              # per-step time of small all-reduces
+    reduce_times = [n * (gamma_l if large(n) else gamma) for n in big]
+    p = fit(sizes, step, call, big, reduce_times, 2)
+    assert p.alpha == pytest.approx(c + overhead, rel=1e-6)
     assert (p.beta, p.beta_large) == (pytest.approx(beta), pytest.approx(beta_l))
     assert (p.gamma, p.gamma_large) == (pytest.approx(gamma), pytest.approx(gamma_l))
     assert 8 << 20 < p.cache_bytes < 32 << 20
