@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hpclm import checkpoint as ckpt_io
 from hpclm import comm as C
@@ -226,6 +227,8 @@ def run(args):
         stop["signal"] = signum
 
     previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
+    blas_limit = threadpool_limits(limits=threads, user_api="blas")
     try:
 
         def save(step):
@@ -302,6 +305,7 @@ def run(args):
             progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
                              f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
     finally:
+        blas_limit.restore_original_limits()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
     return 0
