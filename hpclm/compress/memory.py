@@ -77,7 +77,7 @@ class ErrorFeedback:
         if self.factor_masking and self.velocity is not None:
             sent = getattr(self.compressor, "sent_indices", None)
             if sent is not None:
-                self.velocity[sent(payload)] = 0
+                self.velocity[sent(payload, ctx)] = 0
         return payload, ctx
 
     def decompress(self, payload, ctx):

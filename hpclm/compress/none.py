@@ -19,3 +19,6 @@ class NoCompression(Compressor):
 
     def payload_bytes(self, n, itemsize=4):
         return n * itemsize
+
+    def combine(self, a, b):
+        return (a[0] + b[0],)

@@ -91,7 +91,7 @@ class TopK(Compressor):
         """Error feedback, fused: acc - D(payload) is acc with the sent entries zeroed."""
         acc[payload[1]] = 0
 
-    def sent_indices(self, payload):
+    def sent_indices(self, payload, ctx):
         return payload[1]
 
 

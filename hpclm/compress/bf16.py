@@ -1,0 +1,53 @@
+"""`bf16`: bfloat16, stored as the uint16 upper halves of the float32 bit patterns, rounded to
+nearest even (NaN stays a quiet NaN). Travels: (n,) uint16, 2 n bytes. Relative error <= 2^-9.
+
+Aggregate: sum, per the contract, but MPI has no bfloat16 type: an all-reduce must not add the
+uint16 words as integers; use `combine` (decode, add in float32, encode) as the reduction
+operator, or all-reduce the decompressed values.
+"""
+import numpy
+
+from hpclm import xp as X
+from hpclm.compress.base import AGGREGATE_SUM, Compressor, Context
+
+
+def to_bf16_bits(g):
+    xp = X.array_module(g)
+    u = g.astype(xp.float32, copy=False).view(xp.uint32)
+    r = (u >> xp.uint32(16)) & xp.uint32(1)
+    r += xp.uint32(0x7FFF)
+    r += u
+    r >>= xp.uint32(16)
+    out = r.astype(xp.uint16)
+    nan = xp.isnan(g)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def from_bf16_bits(h, dtype=numpy.float32):
+    xp = X.array_module(h)
+    return (h.astype(xp.uint32) << xp.uint32(16)).view(xp.float32).astype(dtype, copy=False)
+
+
+class BF16(Compressor):
+    """payload = (uint16 bf16 bits (n,),); 2 n bytes."""
+
+    name = "bf16"
+    aggregate = AGGREGATE_SUM
+
+    def __init__(self, cfg=None, rank=0):
+        self.cfg = cfg
+
+    def compress(self, grad, step=0):
+        return (to_bf16_bits(grad),), Context(grad.size, grad.dtype)
+
+    def decompress(self, payload, ctx):
+        return from_bf16_bits(payload[0], ctx.dtype)
+
+    def payload_bytes(self, n, itemsize=4):
+        return 2 * n
+
+    def combine(self, a, b):
+        """The sum of two payloads, as a payload (the reduction operator for an all-reduce)."""
+        return (to_bf16_bits(from_bf16_bits(a[0]) + from_bf16_bits(b[0])),)

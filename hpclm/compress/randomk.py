@@ -1,0 +1,60 @@
+"""`randomk` (Stich et al. 2018): k = max(1, floor(density * n)) elements at indices drawn from
+the shared stream (cfg.seed, step) -- no rank salt -- so every rank picks the same indices and
+only the values travel. Travels: values (k,) in the gradient dtype: k * itemsize bytes.
+Aggregate: sum (the value vectors of all ranks add element-wise; an all-reduce works).
+Values are not rescaled by n/k (biased towards zero; error feedback is on under "auto").
+
+Indices: the k smallest of n SplitMix64 hashes (a uniformly random k-subset), sorted ascending;
+computed with the same arithmetic on CPU and GPU, so both backends pick the same subset.
+"""
+from hpclm import xp as X
+from hpclm.compress import rng
+from hpclm.compress.base import AGGREGATE_SUM, Compressor, Context
+from hpclm.compress.topk import scatter, topk_count
+
+
+def random_indices(n, k, seed, step, xp=None):
+    """(k,) int32, ascending: the same on every rank for the same (seed, step)."""
+    xp = xp or X.np
+    if k >= n:
+        return xp.arange(n, dtype=xp.int32)
+    h = rng.hash64(rng.stream_key(seed, step, 0), n, xp=xp)
+    idx = xp.argpartition(h, k - 1)[:k].astype(xp.int32) if k else xp.zeros(0, xp.int32)
+    idx.sort()
+    return idx
+
+
+class RandomK(Compressor):
+    """payload = (values (k,),); k * itemsize bytes; indices live in ctx.extra (not sent)."""
+
+    name = "randomk"
+    aggregate = AGGREGATE_SUM
+
+    def __init__(self, cfg, rank=0):
+        self.density, self.seed = cfg.density, cfg.seed
+
+    def indices(self, n, step, xp=None):
+        return random_indices(n, topk_count(n, self.density), self.seed, step, xp)
+
+    def compress(self, grad, step=0):
+        idx = self.indices(grad.size, step, X.array_module(grad))
+        return (grad[idx],), Context(grad.size, grad.dtype, extra=idx)
+
+    def context(self, n, dtype, step):
+        """The receiver's context for a payload of `step` (indices regenerated from the seed)."""
+        return Context(n, dtype, extra=self.indices(n, step))
+
+    def decompress(self, payload, ctx):
+        return scatter(payload[0], ctx.extra, ctx.n, ctx.dtype)
+
+    def payload_bytes(self, n, itemsize=4):
+        return topk_count(n, self.density) * itemsize
+
+    def combine(self, a, b):
+        return (a[0] + b[0],)
+
+    def subtract_sent(self, acc, payload, ctx):
+        acc[ctx.extra] = 0
+
+    def sent_indices(self, payload, ctx):
+        return ctx.extra
