@@ -9,11 +9,16 @@ mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one core per rank; BLAS threads would oversubscribe
 ALGS=ring,recursive_doubling,rabenseifner,tree,hierarchical,auto
 for P in "${@:-2 4}"; do
-  # per-P calibration (medians; alpha from our own step; two cache regimes for beta/gamma)
+  # cost-model check: 3 x (per-P calibration, then ring/recursive doubling at 64 KiB..64 MiB)
+  mkdir -p "$OUT/model-check"
+  for k in 1 2 3; do
+    mpiexec -n "$P" hpclm bench calibrate --iters 30 --out "$OUT/model-check/calibration-n$P-run$k.json" \
+      > "$OUT/model-check/calibration-n$P-run$k.txt"
+    mpiexec -n "$P" hpclm bench collectives --sizes 64K:64M --iters 10 --algorithms ring,recursive_doubling \
+      --calibration "$OUT/model-check/calibration-n$P-run$k.json" \
+      --txt "$OUT/model-check/allreduce-n$P-run$k.txt" --json "$OUT/model-check/allreduce-n$P-run$k.json" > /dev/null
+  done
   mpiexec -n "$P" hpclm bench calibrate --iters 30 --out "$OUT/calibration-n$P.json" | tee "$OUT/calibration-n$P.txt"
-  # the cost-model acceptance check: ring and recursive doubling at 64 KiB..64 MiB
-  mpiexec -n "$P" hpclm bench collectives --sizes 64K:64M --iters 10 --algorithms ring,recursive_doubling \
-    --calibration "$OUT/calibration-n$P.json" --txt "$OUT/model-check-n$P.txt" --json "$OUT/model-check-n$P.json" > /dev/null
   mpiexec -n "$P" hpclm bench collectives --check --sizes 4:64M --iters 10 --algorithms "$ALGS" \
     --calibration "$OUT/calibration-n$P.json" \
     --txt "$OUT/allreduce-n$P.txt" --json "$OUT/allreduce-n$P.json" --h5 "$OUT/allreduce-n$P.h5" > /dev/null

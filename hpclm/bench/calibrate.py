@@ -152,11 +152,11 @@ def run(args):
     if world.Get_rank() == 0:
         red = dict(zip(big, reduce_times))
         calls = dict(zip(sizes, call))
-        rows = [{"size": human_bytes(n), "rd_call_us": calls.get(n, math.nan) * 1e6, "step_us": s * 1e6,
+        rows = [{"size": human_bytes(n), "small_step_us": calls.get(n, math.nan) * 1e6, "step_us": s * 1e6,
                  "reduce_us": red.get(n, math.nan) * 1e6,
                  "model_step_us": (params.alpha + n * (params.beta_at(n) + params.gamma_at(n))) * 1e6}
                 for n, s in zip(sizes, step)]
-        print_table(rows, [("size", ""), ("rd_call_us", ".1f"), ("step_us", ".1f"), ("reduce_us", ".1f"),
+        print_table(rows, [("size", ""), ("small_step_us", ".1f"), ("step_us", ".1f"), ("reduce_us", ".1f"),
                            ("model_step_us", ".1f")])
         gb = lambda x: 1 / x / 1e9 if x else math.inf  # noqa: E731
         cache = "none" if params.cache_bytes is None else human_bytes(int(params.cache_bytes))
