@@ -29,7 +29,7 @@ from hpclm.model import GPT
 from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
 from hpclm.parallel.agree import collectively
-from hpclm.parallel.data import DataParallel
+from hpclm.parallel.compressed import build_data_parallel
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
 from hpclm.version import __version__
@@ -194,7 +194,9 @@ def run(args):
     run_dir = cfg.train.out_dir
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
-    dp = DataParallel(world, model.grad_flat, cfg.comm, timer=timer)
+    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer)   # compressed when compress.name != none
+    if ckpt is not None:
+        collectively(world, dp.restore, ckpt.extra, start_step)
     hosts = world.gather(socket.gethostname())
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
@@ -233,10 +235,12 @@ def run(args):
 
         def save(step):
             rng_states = world.gather(rng.bit_generator.state)
+            extra = dp.checkpoint_extra()             # error buffers, PowerSGD Q (every rank's, on rank 0)
             if rank == 0:
                 with timer.region("checkpoint"):
                     ckpt_io.save(os.path.join(run_dir, ckpt_io.FILE_NAME), model=model, optimizer=optimizer, step=step,
-                                 config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states)
+                                 config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states,
+                                 extra=extra)
             world.Barrier()
 
         summary = {"start_step": start_step, "world_size": size}
@@ -256,7 +260,7 @@ def run(args):
                                                accumulate=micro > 0, timer=timer)
             dp.finish()
             with timer.region("optimizer"):
-                if n_micro > 1:
+                if n_micro > 1 and not dp.averages_micro_batches:
                     model.grad_flat *= 1.0 / n_micro
                 grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
                 optimizer.step(model.flat, model.grad_flat, lr)
@@ -286,7 +290,8 @@ def run(args):
                                       f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
             if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
                 save(step + 1)
-            recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=recv,
+            uncompressed = recv if dp.bytes_uncompressed is None else dp.bytes_uncompressed
+            recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=uncompressed,
                               loss=loss, tokens=tokens_per_step // size, lr=lr, grad_norm=grad_norm,
                               global_loss=global_loss)
             if want_stop:

@@ -33,6 +33,9 @@ def bucket_bounds(size, itemsize, bucket_mb):
 
 
 class DataParallel:
+    averages_micro_batches = False   # finish() leaves the micro-batch mean to the training loop
+    bytes_uncompressed = None        # compressed strategies: uncompressed all-reduce bytes per step
+
     def __init__(self, mpi_comm, grad_flat, cfg, timer=None):
         """cfg: the `comm` config section (algorithm, bucket_mb, overlap, check_every)."""
         self.comm, self.grad_flat, self.cfg, self.timer = mpi_comm, grad_flat, cfg, timer
@@ -85,6 +88,14 @@ class DataParallel:
                 C.allreduce(self.comm, self.grad_flat[lo:hi], op="average", algorithm=self.cfg.algorithm)
             t and t.stop("comm")
         self._pending, self._next = [], 0
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def checkpoint_extra(self):
+        """Collective: state to save beside the model ({name: array} on rank 0); none here."""
+        return {}
+
+    def restore(self, extra, step):
+        """Load what checkpoint_extra saved (nothing for plain data parallelism)."""
 
     # ------------------------------------------------------------------------------ consistency
     def check_identical(self, flat, step):
