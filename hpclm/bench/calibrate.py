@@ -64,16 +64,6 @@ def _partner(world):
     return rank ^ 1 if (rank ^ 1) < P else None            # an odd last rank sits out
 
 
-def measure_exchange(world, sizes, iters):
-    wire, partner = Wire(world, "calibrate"), _partner(world)
-    out = []
-    for nbytes in sizes:
-        send, recv = numpy.zeros(nbytes, numpy.uint8), numpy.empty(nbytes, numpy.uint8)
-        step = (lambda: wire.sendrecv(send, partner, recv, partner)) if partner is not None else (lambda: None)
-        out.append(_timed(world, step, iters))
-    return out
-
-
 def measure_step(world, sizes, iters):
     """One recursive-doubling step (float32, sum) with the partner, per size: Sendrecv, then reduce."""
     wire, partner = Wire(world, "calibrate"), _partner(world)
