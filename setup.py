@@ -15,6 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hpclm", "hpclm.*"]),
+    # CUDA kernels, found at run time by hpclm/compress/cuda.py (<sys.prefix>/share/hpclm/kernels)
+    data_files=[("share/hpclm/kernels", sorted(str(p.relative_to(here)) for p in (here / "kernels").glob("*.cu*")))],
     install_requires=[
         "numpy>=1.24",
         "h5py>=3.8",
