@@ -248,9 +248,10 @@ class BucketJob:
 
 # ------------------------------------------------------------------------------------ checkpoints
 def flatten_state(prefix, state, out):
-    """Nested {name: array | dict} -> out["prefix/name/..."] = host array."""
+    """Nested {name: array | dict} -> out["prefix.name. ..."] = host array (flat names: a
+    checkpoint's /extra holds datasets only, no groups)."""
     for key, value in state.items():
-        name = f"{prefix}/{key}"
+        name = f"{prefix}.{key}"
         if isinstance(value, dict):
             flatten_state(name, value, out)
         else:
@@ -261,11 +262,11 @@ def flatten_state(prefix, state, out):
 def unflatten_state(prefix, flat):
     """Inverse of flatten_state for the keys under prefix."""
     state = {}
-    head = prefix + "/"
+    head = prefix + "."
     for name, value in flat.items():
         if not name.startswith(head):
             continue
-        parts = name[len(head):].split("/")
+        parts = name[len(head):].split(".")
         node = state
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -415,12 +416,12 @@ class CompressedDataParallel(_StateMixin, DataParallel):
         out = {}
         for i, comp in enumerate(self.compressors):
             state = comp.state_dict() if hasattr(comp, "state_dict") else {}
-            flatten_state(f"compress/bucket{i}", state, out)
+            flatten_state(f"compress.bucket{i}", state, out)
         return out
 
     def load_local_state(self, flat):
         for i, comp in enumerate(self.compressors):
-            state = unflatten_state(f"compress/bucket{i}", flat)
+            state = unflatten_state(f"compress.bucket{i}", flat)
             if state and hasattr(comp, "load_state_dict"):
                 comp.load_state_dict(state)
 

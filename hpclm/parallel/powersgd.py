@@ -177,7 +177,7 @@ class PowerSGDDataParallel(_StateMixin, DataParallel):
         self.step += 1
 
     def local_state(self):
-        return {f"powersgd/{k}": v for k, v in self.powersgd.state_dict().items()}
+        return {f"powersgd.{k}": v for k, v in self.powersgd.state_dict().items()}
 
     def load_local_state(self, flat):
-        self.powersgd.load_state_dict({k.split("/", 1)[1]: v for k, v in flat.items()})
+        self.powersgd.load_state_dict({k.split(".", 1)[1]: v for k, v in flat.items()})
