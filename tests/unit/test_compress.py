@@ -1,0 +1,324 @@
+"""Compressor contract: round trips, error bounds, unbiasedness, payload sizes, error feedback."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hpclm.compress import REGISTRY, build, build_with_memory, ErrorFeedback
+from hpclm.compress import rng
+from hpclm.compress.base import payload_nbytes
+from hpclm.compress.bits import pack_codes, pack_signs, unpack_codes, unpack_signs
+from hpclm.compress.memory import EF_AUTO, wants_memory
+from hpclm.compress.powersgd import (approximate, compute_p, compute_q, matrix_shape, orthogonalize,
+                                     powersgd_bytes)
+from hpclm.compress.randomk import random_indices
+from hpclm.compress.signsgd import majority_vote
+from hpclm.compress.sparse import sum_sparse
+from hpclm.config import CompressConfig
+from hpclm.errors import UserError
+
+SIZES = [0, 1, 7, 31, 32, 33, 1000, 4099]
+
+
+def grad(n, seed=0):
+    return np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+
+
+def cfg(name, **kw):
+    c = CompressConfig(name=name, **kw)
+    c.validate()
+    return c
+
+
+def roundtrip(name, g, step=0, **kw):
+    c = build(cfg(name, **kw))
+    p, ctx = c.compress(g, step)
+    return c, p, c.decompress(p, ctx)
+
+
+def test_registry_names_and_unknown():
+    assert set(REGISTRY) == {"none", "fp16", "bf16", "int8", "qsgd", "terngrad", "signsgd", "ef_sign",
+                             "topk", "randomk", "threshold", "powersgd", "kmeans"}
+    with pytest.raises(UserError, match="valid names: .*signsgd"):
+        build(CompressConfig(name="nope"))
+    for name, cls in REGISTRY.items():
+        assert cls.name == name and cls.aggregate in ("sum", "gather", "sign_vote", "low_rank")
+        assert "bytes" in cls.__doc__ or "bytes" in __import__(cls.__module__, fromlist=["x"]).__doc__
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("n", SIZES)
+def test_payload_bytes_match_nbytes_and_shape(name, n):
+    g = grad(n, n)
+    c, p, d = roundtrip(name, g, step=2)
+    kw = {"count": p[0].size} if name == "threshold" else {}
+    assert payload_nbytes(p) == c.payload_bytes(n, **kw)
+    assert d.shape == (n,) and d.dtype == np.float32
+    assert np.isfinite(d).all()
+
+
+def test_payload_byte_formulas():
+    n = 1000
+    k = 10
+    assert build(cfg("none")).payload_bytes(n) == 4000
+    assert build(cfg("fp16")).payload_bytes(n) == 2000 == build(cfg("bf16")).payload_bytes(n)
+    assert build(cfg("int8", block=256)).payload_bytes(n) == 1000 + 4 * 4
+    assert build(cfg("qsgd", levels=16)).payload_bytes(n) == 4 + 750  # 33 codes -> 6 bits
+    assert build(cfg("qsgd", levels=1)).payload_bytes(n) == 4 + 250   # 3 codes -> 2 bits
+    assert build(cfg("terngrad")).payload_bytes(n) == 4 + 250
+    assert build(cfg("signsgd")).payload_bytes(n) == 125
+    assert build(cfg("ef_sign")).payload_bytes(n) == 129
+    assert build(cfg("topk", density=0.01)).payload_bytes(n) == k * 8
+    assert build(cfg("randomk", density=0.01)).payload_bytes(n) == k * 4
+    assert build(cfg("threshold")).payload_bytes(n, count=7) == 56
+    assert build(cfg("kmeans", clusters=16)).payload_bytes(n) == 500 + 64
+    assert build(cfg("kmeans", clusters=8)).payload_bytes(n) == 375 + 32
+    assert powersgd_bytes((100, 30), 4, 4) == 130 * 4 * 4
+    assert build(cfg("powersgd", rank=2)).payload_bytes(n) == powersgd_bytes(matrix_shape(n), 2, 4)
+
+
+def test_none_and_fp16_exact():
+    g = grad(1000)
+    assert np.array_equal(roundtrip("none", g)[2], g)
+    rep = g.astype(np.float16).astype(np.float32)  # representable in half precision
+    assert np.array_equal(roundtrip("fp16", rep)[2], rep)
+    assert not np.array_equal(roundtrip("fp16", g)[2], g)
+
+
+def test_bf16_relative_error_and_rounding():
+    g = grad(10000) * np.float32(1e3)
+    d = roundtrip("bf16", g)[2]
+    assert np.all(np.abs(d - g) <= np.abs(g) * 2.0 ** -8)
+    # round to nearest even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 -> 1
+    x = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, np.nan, -2.5], np.float32)
+    d = roundtrip("bf16", x)[2]
+    assert d[0] == 1.0 and d[1] == 1 + 2 ** -6 and np.isnan(d[2]) and d[3] == -2.5
+
+
+@pytest.mark.parametrize("n,block", [(1000, 256), (4099, 64), (5, 256)])
+def test_int8_error_within_half_scale(n, block):
+    g = grad(n) * np.linspace(0.01, 10, n).astype(np.float32)
+    c, (q, s), d = roundtrip("int8", g, block=block)
+    bound = np.repeat(s, block)[:n] / 2
+    assert np.all(np.abs(d - g) <= bound * (1 + 1e-5))
+    assert np.abs(q).max() == 127
+    z = np.zeros(300, np.float32)
+    assert np.array_equal(roundtrip("int8", z)[2], z)
+
+
+def unbiased(name, g, trials=400, **kw):
+    c = build(cfg(name, **kw))
+    acc = np.zeros_like(g, dtype=np.float64)
+    sq = np.zeros_like(acc)
+    for step in range(trials):
+        p, ctx = c.compress(g, step)
+        d = c.decompress(p, ctx).astype(np.float64)
+        acc += d
+        sq += d * d
+    mean = acc / trials
+    se = np.sqrt(np.maximum(sq / trials - mean ** 2, 1e-30) / trials)
+    z = np.abs(mean - g) / np.maximum(se, 1e-12)
+    return z, mean
+
+
+@pytest.mark.parametrize("name,kw", [("qsgd", {"levels": 4}), ("terngrad", {})])
+def test_unbiased(name, kw):
+    g = grad(64, 3)
+    z, mean = unbiased(name, g, **kw)
+    assert np.mean(z) < 1.5 and np.max(z) < 5.0
+    assert np.abs(mean - g).max() < 0.25 * np.abs(g).max()
+
+
+def test_stochastic_reproducible_and_salted():
+    g = grad(500)
+    a = build(cfg("qsgd"), rank=0).compress(g, 5)[0][1]
+    b = build(cfg("qsgd"), rank=0).compress(g, 5)[0][1]
+    c = build(cfg("qsgd"), rank=1).compress(g, 5)[0][1]
+    d = build(cfg("qsgd"), rank=0).compress(g, 6)[0][1]
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_rng_uniform_range_and_splitmix_reference():
+    # SplitMix64 reference: state 0 -> first output 0xE220A8397B1DCDAF
+    assert int(rng.hash64(0, 1)[0]) == 0xE220A8397B1DCDAF
+    u = rng.uniform(rng.stream_key(1, 2, 3), 100000)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert np.array_equal(rng.uniform(7, 10, offset=5), rng.uniform(7, 15)[5:])
+
+
+def test_signs_pack_like_packbits_and_unpack():
+    g = grad(1001)
+    g[3] = -0.0
+    p = pack_signs(g)
+    assert np.array_equal(p, np.packbits(np.signbit(g)))
+    d = unpack_signs(p, g.size, 0.5)
+    assert np.array_equal(d, np.where(np.signbit(g), -0.5, 0.5).astype(np.float32))
+    big = grad(700001)
+    assert np.array_equal(pack_signs(big), np.packbits(big < 0))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
+def test_pack_codes_roundtrip(bits):
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, 1003).astype(np.uint8)
+    p = pack_codes(codes, bits)
+    assert p.size == (1003 * bits + 7) // 8
+    assert np.array_equal(unpack_codes(p, 1003, bits), codes)
+    ref = np.packbits(np.unpackbits(codes[:, None], axis=1)[:, 8 - bits:].ravel())
+    assert np.array_equal(p, ref)
+
+
+def test_signsgd_and_majority_vote():
+    g = grad(100)
+    c, p, d = roundtrip("signsgd", g)
+    assert np.array_equal(d, np.where(g < 0, -1, 1))
+    votes = [np.array([1, 1, -1, -1, 1], np.float32), np.array([1, -1, -1, 1, -1], np.float32),
+             np.array([-1, -1, -1, 1, 1], np.float32), np.array([1, 1, 1, -1, -1], np.float32)]
+    packed = [c.compress(v)[0] for v in votes]
+    res = c.decompress(c.majority_vote(packed, 5), c.compress(votes[0])[1])
+    assert np.array_equal(res, [1, 1, -1, 1, 1])  # 2-2 ties -> +1
+    assert np.array_equal(unpack_signs(majority_vote(packed[:3], 5), 5), [1, -1, -1, 1, 1])
+
+
+def test_ef_sign_scale_is_mean_abs():
+    g = grad(1000)
+    _, p, d = roundtrip("ef_sign", g)
+    assert np.isclose(p[1][0], np.abs(g).mean(), rtol=1e-6)
+    assert np.allclose(np.abs(d), np.abs(g).mean())
+
+
+@pytest.mark.parametrize("method", ["exact", "sampled"])
+def test_topk_keeps_k_largest(method):
+    g = grad(20000)
+    c, (v, i), d = roundtrip("topk", g, density=0.01, topk_method=method)
+    k = 200
+    assert v.size == k and i.dtype == np.int32 and np.all(np.diff(i) > 0)
+    assert set(i.tolist()) == set(np.argsort(-np.abs(g))[:k].tolist())
+    assert np.array_equal(d[i], g[i]) and np.count_nonzero(d) == k
+
+
+def test_topk_ties_by_lowest_index():
+    g = np.array([1, -3, 3, 0, 3, 2], np.float32)
+    _, (v, i), _ = roundtrip("topk", g, density=0.5)
+    assert i.tolist() == [1, 2, 4]
+
+
+def test_randomk_shared_indices():
+    n = 10000
+    a = random_indices(n, 100, seed=3, step=7)
+    b = random_indices(n, 100, seed=3, step=7)
+    c = random_indices(n, 100, seed=3, step=8)
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and len(set(a.tolist())) == 100
+    g0, g1 = grad(n, 0), grad(n, 1)
+    r0, r1 = build(cfg("randomk"), rank=0), build(cfg("randomk"), rank=1)
+    (p0,), c0 = r0.compress(g0, 7)
+    (p1,), c1 = r1.compress(g1, 7)
+    assert np.array_equal(c0.extra, c1.extra)
+    total = r0.decompress(r0.combine((p0,), (p1,)), r0.context(n, np.float32, 7))
+    assert np.allclose(total[c0.extra], (g0 + g1)[c0.extra]) and np.count_nonzero(total) == 100
+
+
+def test_threshold_selects_above():
+    g = grad(5000) * np.float32(1e-3)
+    c, (v, i), d = roundtrip("threshold", g, threshold=1e-3)
+    assert np.array_equal(np.flatnonzero(np.abs(g) > 1e-3), i)
+    assert np.array_equal(d[i], g[i])
+
+
+def test_sum_sparse_scatter_add():
+    payloads = [(np.array([1, 2], np.float32), np.array([0, 3], np.int32)),
+                (np.array([5, 7], np.float32), np.array([3, 4], np.int32))]
+    assert np.array_equal(sum_sparse(payloads, 5, np.float32), [1, 0, 0, 7, 7])
+
+
+def test_kmeans_error_bounded_and_exact_on_few_values():
+    g = grad(10000)
+    c, p, d = roundtrip("kmeans", g, clusters=16)
+    assert np.abs(d - g).max() <= g.max() - g.min()
+    assert np.abs(d - g).mean() < 0.2 * np.abs(g).mean()
+    few = np.repeat(np.array([-2, -1, 0.5, 3], np.float32), 50)
+    assert np.allclose(roundtrip("kmeans", few, clusters=4)[2], few)
+
+
+def test_powersgd_math():
+    r = np.random.default_rng(0)
+    low = (r.standard_normal((40, 2)) @ r.standard_normal((2, 30))).astype(np.float64)
+    q = orthogonalize(r.standard_normal((30, 2)))
+    for _ in range(2):  # warm-started power iterations recover an exactly rank-2 matrix
+        p = orthogonalize(compute_p(low, q))
+        q = compute_q(low, p)
+    assert np.allclose(approximate(p, q), low, atol=1e-8)
+    gs = orthogonalize(r.standard_normal((50, 3)), "gram_schmidt")
+    assert np.allclose(gs.T @ gs, np.eye(3), atol=1e-6)
+    c = build(cfg("powersgd", rank=2))
+    g = grad(1000)
+    e1 = np.linalg.norm(c.decompress(*c.compress(g)) - g)
+    e2 = np.linalg.norm(c.decompress(*c.compress(g)) - g)  # warm start improves the same matrix
+    assert e2 <= e1 + 1e-5
+    st = c.state_dict()
+    c2 = build(cfg("powersgd", rank=2))
+    c2.load_state_dict(st)
+    assert np.array_equal(c2.compress(g)[0][0], c.compress(g)[0][0])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_error_feedback_conserves_signal(name):
+    n = 3001
+    ef = ErrorFeedback(build(cfg(name, error_feedback="on")), n, np.float32)
+    prev = np.zeros(n, np.float32)
+    for step in range(3):
+        g = grad(n, step)
+        p, ctx = ef.compress(g, step)
+        sent = ef.decompress(p, ctx)
+        np.testing.assert_allclose(sent + ef.residual, g + prev, rtol=0, atol=1e-5 * (1 + np.abs(g + prev).max()))
+        prev = ef.residual.copy()
+
+
+def test_error_feedback_momentum_and_masking():
+    n = 1000
+    c = cfg("topk", momentum_correction=True, factor_masking=True, momentum=0.5)
+    ef = build_with_memory(c, n, np.float32)
+    g = grad(n)
+    p1, _ = ef.compress(g)
+    sent1 = np.isin(np.arange(n), p1[1])
+    assert np.array_equal(p1[0], g[p1[1]])
+    assert np.all(ef.velocity[sent1] == 0) and np.array_equal(ef.velocity[~sent1], g[~sent1])
+    assert np.all(ef.residual[sent1] == 0) and np.array_equal(ef.residual[~sent1], g[~sent1])
+    p2, _ = ef.compress(g)
+    # u = 0.5 u + g: g where masked, 1.5 g elsewhere; e += u
+    expect_acc = np.where(sent1, g, g + np.float32(1.5) * g)
+    assert np.allclose(p2[0], expect_acc[p2[1]])
+    off = build_with_memory(dataclasses.replace(c, factor_masking=False), n, np.float32)
+    off.compress(g)
+    assert np.count_nonzero(off.velocity) == n
+
+
+def test_error_feedback_state_dict_roundtrip():
+    n = 500
+    c = cfg("ef_sign", momentum_correction=True)
+    a = build_with_memory(c, n, np.float32)
+    for s in range(3):
+        a.compress(grad(n, s), s)
+    b = build_with_memory(c, n, np.float32)
+    b.load_state_dict(a.state_dict())
+    assert np.array_equal(a.residual, b.residual) and np.array_equal(a.velocity, b.velocity)
+    pa, pb = a.compress(grad(n, 9), 9)[0], b.compress(grad(n, 9), 9)[0]
+    assert all(np.array_equal(x, y) for x, y in zip(pa, pb))
+
+
+def test_auto_memory_choice():
+    for name in REGISTRY:
+        wrapped = isinstance(build_with_memory(cfg(name), 10, np.float32), ErrorFeedback)
+        assert wrapped == (name in EF_AUTO)
+    assert wants_memory(cfg("int8", error_feedback="on")) and not wants_memory(cfg("topk", error_feedback="off"))
+    assert EF_AUTO == {"signsgd", "ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"}
+
+
+def test_numpy_paths_have_no_python_loops_over_elements():
+    """Compressing 4x the elements must not cost ~4x Python overhead: a smoke check on speed."""
+    import time
+    g = grad(1 << 20)
+    for name in ("int8", "signsgd", "qsgd", "kmeans", "topk"):
+        c = build(cfg(name))
+        t0 = time.perf_counter()
+        c.decompress(*c.compress(g))
+        assert time.perf_counter() - t0 < 2.0, name
