@@ -17,7 +17,8 @@ How a bucket's payloads combine is the compressor's `aggregate`, turned into a *
                                          rank order (sparse (values, indices) payloads: one bincount
                                          scatter-add over all ranks), / P.
     vote        aggregate "sign_vote"    the packed signs all-gathered as above ((P-1) n/8 bytes
-                (signsgd)                sent), then vote = sign(sum_r sign(decompress(payload_r))).
+                (signsgd)                sent), then the compressor's majority_vote (signsgd: ties -> +1), else
+                                         sign(sum_r sign(decompress(payload_r))).
                                          All-gathering bits beats an all-reduce of int8 counts
                                          (2(P-1)/P n bytes) for P < 16, and a count needs no
                                          overflow care. The result is the vote (+1/-1, 0 on a tie):
@@ -156,8 +157,14 @@ def combine_sum(compressor, payloads, ctx, out):
 
 
 def combine_vote(compressor, payloads, ctx, out):
-    """out <- sign(sum_r sign(decompress(payload_r))): the majority vote (0 where the vote ties)."""
+    """out <- the element-wise majority vote of the ranks' signs: the compressor's own
+    `majority_vote(payloads, n)` when it has one (signsgd: ties -> +1, GPU kernel), else
+    sign(sum_r sign(decompress(payload_r))) (0 where the vote ties)."""
     xp = X.array_module(out)
+    vote = getattr(compressor, "majority_vote", None)
+    if vote is not None:
+        out[...] = compressor.decompress(vote(payloads, ctx.n), ctx)
+        return out
     votes = xp.zeros(ctx.n, dtype=xp.int32)
     for p in payloads:
         votes += xp.sign(compressor.decompress(p, ctx)).astype(xp.int32)

@@ -192,8 +192,11 @@ def test_sign_majority_vote(world):
                f"{2 * (P - 1) * 4 * N // P}")
 
 
-@pytest.mark.parametrize("name", ["none", "fp16", "topk"])
+@pytest.mark.parametrize("name", ["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "signsgd", "ef_sign", "topk",
+                                  "randomk", "threshold", "kmeans"])
 def test_registry_compressors(world, name):
+    """Every registry compressor through average(): equals decompress-and-sum of every rank's payload
+    (or the majority vote), computed here from every rank's input."""
     from hpclm import compress
     from hpclm.config import CompressConfig
     if name not in compress.REGISTRY:
@@ -202,9 +205,12 @@ def test_registry_compressors(world, name):
     xs = inputs(P, seed=5)
     cfg = CompressConfig(name=name, density=0.05)
     comps = [compress.build(cfg, rank=i) for i in range(P)]
-    parts = [c.compress(x.copy()) for c, x in zip(comps, xs)]
-    expect = sum(comps[0].decompress(p, ctx) for p, ctx in parts) / np.float32(P)
-    got = CP.average(world, xs[r].copy(), comps[r])
+    parts = [c.compress(x.copy(), step=3) for c, x in zip(comps, xs)]
+    if comps[0].aggregate == "sign_vote":
+        expect = comps[0].decompress(comps[0].majority_vote([p for p, _ in parts], N), parts[0][1])
+    else:
+        expect = sum(comps[0].decompress(p, ctx) for p, ctx in parts) / np.float32(P)
+    got = CP.average(world, xs[r].copy(), comps[r], step=3, strategy=None if name != "ef_sign" else "allgather")
     assert_all(world, np.allclose(got, expect, rtol=1e-3, atol=1e-3), f"{name}: max |d| {np.abs(got - expect).max()}")
 
 
