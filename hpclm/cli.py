@@ -24,6 +24,7 @@ BENCHMARKS = {
     "model": ("hpclm.bench.model", "step time, tokens/s and MFU of the model on this machine"),
     "collectives": ("hpclm.bench.collectives", "time every all-reduce algorithm next to MPI's own"),
     "calibrate": ("hpclm.bench.calibrate", "fit the alpha-beta-gamma cost model on this machine"),
+    "compress": ("hpclm.bench.compress", "GB/s and bytes on the wire of every compressor next to memcpy"),
 }
 
 

@@ -7,8 +7,24 @@ import numpy
 
 from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import pack_signs, packed_size, unpack_signs
+from hpclm.compress.bits import CHUNK, on_gpu, pack_signs, packed_size, unpack_signs
 from hpclm.compress.signsgd import subtract_scaled_sign
+
+
+def mean_abs(g):
+    """mean |g| (float64 accumulation over cache-sized chunks of |g|)."""
+    n = g.size
+    if n == 0:
+        return 0.0
+    if on_gpu(g):
+        return float(X.array_module(g).abs(g).sum(dtype="float64")) / n
+    tmp = numpy.empty(min(n, CHUNK), g.dtype)
+    total = 0.0
+    for lo in range(0, n, CHUNK):
+        t = tmp[: min(n, lo + CHUNK) - lo]
+        numpy.abs(g[lo: lo + CHUNK], out=t)
+        total += float(t.sum(dtype=numpy.float64))
+    return total / n
 
 
 class EFSign(Compressor):
@@ -23,12 +39,12 @@ class EFSign(Compressor):
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
         n = grad.size
-        scale = (xp.abs(grad).sum(dtype=xp.float64) / n if n else xp.zeros(())).astype(xp.float32).reshape(1)
+        scale = xp.asarray([mean_abs(grad)], dtype=xp.float32)
         return (pack_signs(grad), scale), Context(n, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         packed, scale = payload
-        return unpack_signs(packed, ctx.n, float(scale[0]), numpy.dtype(ctx.dtype).type)
+        return unpack_signs(packed, ctx.n, float(scale[0]), numpy.dtype(ctx.dtype).type, out)
 
     def payload_bytes(self, n, itemsize=4):
         return packed_size(n) + 4

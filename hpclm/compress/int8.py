@@ -8,56 +8,60 @@ import numpy
 
 from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu
+from hpclm.compress.bits import on_gpu
 
 
-def block_scales(g, block):
-    """(nb,) float32 absmax / 127 per block, computed with max and min (no |g| temporary)."""
-    n = g.size
-    nb = -(-n // block)
-    amax = numpy.empty(nb, numpy.float32)
-    full = n // block
+CHUNK_ELEMS = 1 << 18  # elements per chunk (rounded to whole blocks): temporaries stay in L2
+
+
+def _chunks(n, block):
+    step = max(block, CHUNK_ELEMS // block * block)
+    for lo in range(0, n, step):
+        yield lo, min(n, lo + step)
+
+
+def _blockwise(op, x, per_block, out, block):
+    """op(x_block, per_block[b], out=out_block) for the whole blocks of x as one 2-D call, then the tail."""
+    full = x.size // block
     if full:
-        main = g[: full * block].reshape(full, block)
-        numpy.maximum(main.max(axis=1), -main.min(axis=1), out=amax[:full])
-    if nb > full:
-        tail = g[full * block:]
-        amax[full] = max(tail.max(), -tail.min())
-    return amax / numpy.float32(127.0)
+        op(x[: full * block].reshape(full, block), per_block[:full, None], out=out[: full * block].reshape(full, block))
+    if x.size > full * block:
+        op(x[full * block:], per_block[full], out=out[full * block:])
 
 
 def int8_quantize(g, block):
-    """NumPy twin of kernels/quantize.cu int8_quantize: (q int8 (n,), scales float32 (nb,))."""
+    """NumPy twin of kernels/quantize.cu int8_*: (q int8 (n,), scales float32 (ceil(n/block),)).
+    Chunked so that |g| and g * (1/scale) stay in cache; per chunk: abs, a max per block
+    (reduceat), scale = max / 127, q = rint(g * (1 / scale)) cast to int8 (exact, |.| <= 127)."""
     n = g.size
-    scales = block_scales(g, block) if n else numpy.zeros(0, numpy.float32)
-    with numpy.errstate(divide="ignore"):
-        inv = numpy.where(scales > 0, numpy.float32(1.0) / scales, numpy.float32(0.0)).astype(numpy.float32)
+    scales = numpy.empty(-(-n // block), numpy.float32)
     q = numpy.empty(n, numpy.int8)
-    step = max(block, CHUNK // block * block)
-    tmp = numpy.empty(min(n, step), numpy.float32)
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
+    tmp = numpy.empty(min(n, max(block, CHUNK_ELEMS // block * block)), numpy.float32)
+    for lo, hi in _chunks(n, block):
         t = tmp[: hi - lo]
-        b0, nfull = lo // block, (hi - lo) // block
-        if nfull:
-            numpy.multiply(g[lo: lo + nfull * block].reshape(nfull, block), inv[b0: b0 + nfull, None],
-                           out=t[: nfull * block].reshape(nfull, block))
-        if lo + nfull * block < hi:
-            numpy.multiply(g[lo + nfull * block: hi], inv[b0 + nfull], out=t[nfull * block:])
+        gc = g[lo:hi]
+        numpy.abs(gc, out=t)
+        sc = scales[lo // block: -(-hi // block)]
+        numpy.maximum.reduceat(t, numpy.arange(0, hi - lo, block), out=sc)
+        sc /= numpy.float32(127.0)
+        with numpy.errstate(divide="ignore"):
+            inv = numpy.float32(1.0) / sc
+        inv[sc == 0] = 0
+        _blockwise(numpy.multiply, gc, inv, t, block)
         numpy.rint(t, out=t)
-        q[lo:hi] = t  # exact: |t| <= 127
+        numpy.copyto(q[lo:hi], t, casting="unsafe")
     return q, scales
 
 
-def int8_dequantize(q, scales, block, n, dtype=numpy.float32):
-    out = numpy.empty(n, dtype)
-    full = n // block
-    if full:
-        numpy.multiply(q[: full * block].reshape(full, block), scales[:full, None],
-                       out=out[: full * block].reshape(full, block))
-    if n > full * block:
-        numpy.multiply(q[full * block:], scales[full], out=out[full * block:])
-    return out
+def int8_dequantize(q, scales, block, n, dtype=numpy.float32, out=None):
+    """NumPy twin of int8_dequantize_v1: out = float(q) * scale of its block (chunked, in place)."""
+    if out is None or out.dtype != numpy.float32:
+        out = numpy.empty(n, numpy.float32)
+    for lo, hi in _chunks(n, block):
+        o = out[lo:hi]
+        numpy.copyto(o, q[lo:hi])
+        _blockwise(numpy.multiply, o, scales[lo // block: -(-hi // block)], o, block)
+    return out.astype(dtype, copy=False)
 
 
 class Int8(Compressor):
@@ -77,12 +81,13 @@ class Int8(Compressor):
             q, s = int8_quantize(grad, self.block)
         return (q, s), Context(grad.size, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) float32 buffer to write into (avoids first-touch page faults)."""
         q, s = payload
         if on_gpu(q):
             from hpclm.compress import cuda
             return cuda.int8_dequantize(q, s, self.block, ctx.n, ctx.dtype)
-        return int8_dequantize(q, s, self.block, ctx.n, ctx.dtype)
+        return int8_dequantize(q, s, self.block, ctx.n, ctx.dtype, out)
 
     def payload_bytes(self, n, itemsize=4):
         return n + 4 * (-(-n // self.block))

@@ -34,8 +34,9 @@ class SignSGD(Compressor):
     def compress(self, grad, step=0):
         return (pack_signs(grad),), Context(grad.size, grad.dtype)
 
-    def decompress(self, payload, ctx):
-        return unpack_signs(payload[0], ctx.n, 1.0, numpy.dtype(ctx.dtype).type)
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) float32 buffer to write into (avoids first-touch page faults)."""
+        return unpack_signs(payload[0], ctx.n, 1.0, numpy.dtype(ctx.dtype).type, out)
 
     def payload_bytes(self, n, itemsize=4):
         return packed_size(n)
