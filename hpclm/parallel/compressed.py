@@ -16,13 +16,24 @@ How a bucket's payloads combine is the compressor's `aggregate`, turned into a *
                                          the others' payloads received. Then decompress-and-sum in
                                          rank order (sparse (values, indices) payloads: one bincount
                                          scatter-add over all ranks), / P.
-    vote        aggregate "sign_vote"    the packed signs all-gathered as above ((P-1) n/8 bytes
-                (signsgd)                sent), then the compressor's majority_vote (signsgd: ties -> +1), else
-                                         sign(sum_r sign(decompress(payload_r))).
-                                         All-gathering bits beats an all-reduce of int8 counts
-                                         (2(P-1)/P n bytes) for P < 16, and a count needs no
-                                         overflow care. The result is the vote (+1/-1, 0 on a tie):
-                                         it is NOT divided by P.
+    vote        aggregate "sign_vote"    signSGD with majority vote, sharded like a parameter server
+                (signsgd: compressors    over all ranks (the data movement of DeepSpeed's 1-bit
+                with a bitwise           all-reduce): the B = ceil(n/8) bytes of packed signs are cut
+                majority_vote)           into P chunks on byte boundaries (split_counts(B, P)), each
+                                         sent in a block of L = ceil(B/P) bytes; an all-to-all gives
+                                         rank r every rank's bits of chunk r, rank r takes the
+                                         compressor's majority_vote of them (signsgd: ties -> +1) and
+                                         packs it, an all-gather of the packed votes gives everyone the
+                                         whole vote: 2 (P-1) L bytes each way (= 2(P-1)/P * n/8 when
+                                         8P divides n), 32x fewer than fp32 at every P. The result is
+                                         the vote (+1/-1): it is NOT divided by P.
+    vote_allgather               the old form, for comparison (STRATEGY["signsgd"] = "vote_allgather")
+                (sign_vote without       and for sign_vote compressors without majority_vote (their
+                majority_vote)           vote has 0 on ties, which 1 bit cannot carry): the packed signs
+                                         all-gathered as in `allgather` ((P-1) n/8 bytes each way,
+                                         16x fewer than fp32 at P=4, 8x at P=8), then the compressor's
+                                         majority_vote, else sign(sum_r sign(decompress(payload_r)))
+                                         (0 where the vote ties).
     onebit      ef_sign (see STRATEGY)   DeepSpeed's 1-bit compressed all-reduce (parallel/onebit.py):
                                          all-to-all + all-gather of sign+scale chunks with worker and
                                          server error buffers; 2 (P-1) (n/(8P) + 4) bytes each way.
@@ -31,7 +42,7 @@ How a bucket's payloads combine is the compressor's `aggregate`, turned into a *
 STRATEGY maps a compressor name to a strategy other than its aggregate's (module-level choice):
 `ef_sign` runs as the 1-bit compressed all-reduce of 1-bit Adam (the name "onebit" too, when the
 registry has no such compressor). Set STRATEGY["ef_sign"] = "allgather" for EF-SignSGD's plain
-gather of every rank's signs.
+gather of every rank's signs, STRATEGY["signsgd"] = "vote_allgather" for signSGD's old all-gather.
 
 With one rank a compressor still compresses and decompresses (no communication), so its effect on
 the loss shows at P=1 too.
@@ -42,7 +53,8 @@ is compressed, exchanged and decompressed on the communication thread as soon as
 finished it; otherwise after backward on the training thread. Timer regions: `compress` and
 `decompress` (with overlap they were measured on the communication thread, so they ran alongside
 backward, like `comm_async`, which then holds only the exchange), `comm` / `comm_wait` /
-`comm_async` as in DataParallel. Bytes: every exchange goes through hpclm.comm (or charges
+`comm_async` as in DataParallel (for "vote", `comm` also holds each rank's vote of its chunk, n/P
+elements between the two collectives). Bytes: every exchange goes through hpclm.comm (or charges
 hpclm.comm.counters itself for MPI's own calls), so the training loop's counter deltas are the
 bytes that crossed the wire; `bytes_uncompressed` is what the same gradient would move in an
 uncompressed bandwidth-optimal all-reduce, 2(P-1)/P * n * itemsize per step.
@@ -54,6 +66,7 @@ from mpi4py import MPI
 
 from hpclm import comm as C
 from hpclm import xp as X
+from hpclm.comm.layout import offsets, split_counts
 from hpclm.comm.ops import DTYPES as SUMMABLE_DTYPES
 from hpclm.compress.base import AGGREGATE_GATHER, AGGREGATE_LOW_RANK, AGGREGATE_SIGN_VOTE, AGGREGATE_SUM
 from hpclm.errors import UserError
@@ -139,6 +152,43 @@ def exchange_gather(comm, payload, algorithm="mpi"):
         r = comm.Get_rank()
         C.counters.add(ALLGATHERV_KEY, buf.nbytes * (P - 1), int(starts[-1]) - int(nbytes[r]), calls=1)
     return [unpack(full[starts[i]:starts[i + 1]], sizes[i, :-1], payload) for i in range(P)]
+
+
+def vote_layout(n, P):
+    """(chunk byte counts, their offsets (P+1), block bytes L) of the sharded vote of n packed signs:
+    split_counts(ceil(n/8), P) on byte boundaries, each chunk travelling in a block of L = ceil(B/P)."""
+    counts = split_counts((n + 7) // 8, P)
+    return counts, offsets(counts), max(counts)
+
+
+def exchange_vote(comm, compressor, payload, n, algorithm="mpi"):
+    """signSGD's majority vote, sharded over the ranks: the packed vote (a payload) of every rank's
+    packed signs `payload` = (bits (ceil(n/8),) uint8,). All-to-all of the chunks (rank r receives
+    every rank's bits of chunk r), rank r's `compressor.majority_vote` of its chunk (element-wise, so
+    the vote of a chunk is that chunk of the vote; ties as the compressor breaks them), all-gather of
+    the packed votes. Chunks shorter than the block are zero-padded on the wire; bytes are charged
+    by hpclm.comm: 2 (P-1) L each way (vote_layout)."""
+    bits = payload[0]
+    if len(payload) != 1 or numpy.dtype(bits.dtype) != numpy.uint8 or bits.size != (n + 7) // 8:
+        raise UserError(f"compressed: strategy 'vote' needs a payload of one packed-bit uint8 array of "
+                        f"{(n + 7) // 8} bytes, got {[(a.dtype, a.size) for a in payload]}; use 'vote_allgather'")
+    P = _size(comm)
+    if P == 1:
+        return compressor.majority_vote([payload], n)
+    r = comm.Get_rank()
+    counts, starts, L = vote_layout(n, P)
+    xp = X.array_module(bits)
+    send = xp.zeros((P, L), dtype=xp.uint8)
+    for j in range(P):
+        send[j, :counts[j]] = bits[starts[j]:starts[j + 1]]
+    recv = C.alltoall(comm, send.reshape(-1), algorithm="mpi" if algorithm == "mpi" else "pairwise").reshape(P, L)
+    mine = xp.zeros(L, dtype=xp.uint8)
+    if counts[r]:
+        elements = min(8 * starts[r + 1], n) - 8 * starts[r]
+        vote = compressor.majority_vote([(recv[i, :counts[r]],) for i in range(P)], elements)[0]
+        mine[:counts[r]] = vote
+    full = C.allgather(comm, mine, algorithm="ring" if algorithm == "ring" else "mpi").reshape(P, L)
+    return (xp.concatenate([full[j, :counts[j]] for j in range(P)]),)
 
 
 # ------------------------------------------------------------------------------------ combining
@@ -228,12 +278,16 @@ class BucketJob:
         self.payload, self.ctx = self.compressor.compress(self.grad, self.step)
         if self.strategy == "allreduce" and not _summable(self.payload):
             self.strategy = "allgather"
+        elif self.strategy == "vote" and getattr(self.compressor, "majority_vote", None) is None:
+            self.strategy = "vote_allgather"     # a ternary vote (0 on ties) does not fit in 1 bit
 
     def exchange(self, comm, algorithm):
         self.P = _size(comm)
         if self.strategy == "allreduce":
             self.result = exchange_sum(comm, self.payload, algorithm)
-        elif self.strategy in ("allgather", "vote"):
+        elif self.strategy == "vote":
+            self.result = exchange_vote(comm, self.compressor, self.payload, self.ctx.n, algorithm)
+        elif self.strategy in ("allgather", "vote_allgather"):
             self.result = exchange_gather(comm, self.payload, algorithm)
         else:
             raise UserError(f"compressed: strategy {self.strategy!r} is not a per-bucket exchange")
@@ -248,6 +302,8 @@ class BucketJob:
             combine_sum(self.compressor, self.result, ctx, g)
             if self.P > 1:
                 g *= g.dtype.type(1.0 / self.P)
+        elif self.strategy == "vote":
+            g[...] = self.compressor.decompress(self.result, ctx)
         else:
             combine_vote(self.compressor, self.result, ctx, g)
         self.payload = self.result = None
@@ -459,6 +515,7 @@ def build_data_parallel(mpi_comm, model, cfg, timer=None):
                                   timer=timer, grad_scale=scale)
 
 
-__all__ = ["STRATEGY", "SPARSE", "strategy_of", "average", "exchange_sum", "exchange_gather", "combine_sum",
+__all__ = ["STRATEGY", "SPARSE", "strategy_of", "average", "exchange_sum", "exchange_gather", "exchange_vote",
+           "vote_layout", "combine_sum",
            "combine_vote", "pack", "unpack", "BucketJob", "CompressedDataParallel", "build_data_parallel",
            "gather_states"]

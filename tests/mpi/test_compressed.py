@@ -1,7 +1,8 @@
 """Compressed collectives (hpclm.parallel.compressed / onebit / powersgd) against a NumPy simulation
 of the same algorithm, computed on every rank from every rank's input (each rank regenerates the
 others' inputs from a seed): summable all-reduce, all-gather of fixed- and variable-size payloads,
-sign majority vote, DeepSpeed's 1-bit compressed all-reduce (worker and server error buffers over
+sign majority vote (sharded: all-to-all, vote per chunk, all-gather; and the all-gather
+alternative), DeepSpeed's 1-bit compressed all-reduce (worker and server error buffers over
 several calls), PowerSGD (warm start, error feedback, two all-reduces). Byte counters equal each
 compressor's payload_bytes times the collective's volume.
 
@@ -176,6 +177,7 @@ def test_gather_dense_generic(world):
 
 
 def test_sign_majority_vote(world):
+    """A sign_vote compressor without majority_vote (ternary vote: 0 on ties) takes vote_allgather."""
     P, r = world.Get_size(), world.Get_rank()
     xs = inputs(P, seed=4)
     comp = Sign()
@@ -190,6 +192,109 @@ def test_sign_majority_vote(world):
     want = (P - 1) * _align(comp.payload_bytes(N))
     assert_all(world, (sent, recv) == (want, want), f"bytes {(sent, recv)} vs {want}; fp32 all-reduce "
                f"{2 * (P - 1) * 4 * N // P}")
+
+
+def ieee_signs(x):
+    return np.where(np.signbit(x), -1, 1)
+
+
+def signed_inputs(P, n, seed):
+    """inputs() with some +0.0 and -0.0 (signSGD reads the IEEE sign bit: -0.0 votes -1)."""
+    xs = inputs(P, n=n, seed=seed)
+    for r, x in enumerate(xs):
+        x[r % 5::7] = 0.0
+        x[(r + 2) % 5::11] = -0.0
+    return xs
+
+
+def vote_bytes(n, P):
+    """Closed form of the sharded vote, each way: (P-1) blocks of L = ceil(ceil(n/8)/P) bytes in the
+    all-to-all and (P-1) in the all-gather."""
+    return 2 * (P - 1) * -(-((n + 7) // 8) // P)
+
+
+def wire_total(before, after):
+    sent = sum(v["bytes_sent"] for v in after.values()) - sum(v["bytes_sent"] for v in before.values())
+    recv = sum(v["bytes_recv"] for v in after.values()) - sum(v["bytes_recv"] for v in before.values())
+    return sent, recv
+
+
+@pytest.mark.parametrize("n", [1000, 960, 13, 3, 1])
+@pytest.mark.parametrize("algorithm", ["mpi", "ring"])
+def test_signsgd_sharded_vote(world, n, algorithm):
+    """signsgd's default path: all-to-all of packed-sign chunks, each rank votes its chunk, all-gather
+    of the votes; equals the majority (ties -> +1) of every rank's IEEE signs, simulated here. 1000 is
+    not a multiple of 8P, 960 is; 13 leaves empty chunks at P = 3, 4; 3 and 1 are n < P."""
+    from hpclm.compress.signsgd import SignSGD
+    P, r = world.Get_size(), world.Get_rank()
+    xs = signed_inputs(P, n, seed=40 + n)
+    total = sum(ieee_signs(x) for x in xs)
+    expect = np.where(total >= 0, 1, -1).astype(np.float32)
+    comp = SignSGD()
+    assert_all(world, CP.strategy_of(comp) == "vote", CP.strategy_of(comp))
+    before = C.counters.snapshot()
+    got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
+    after = C.counters.snapshot()
+    assert_all(world, np.array_equal(got, expect), f"{np.sum(got != expect)} of {n} elements differ")
+    assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
+    if n == 1000 and P % 2 == 0:
+        assert_all(world, np.sum(total == 0) > 50, f"only {np.sum(total == 0)} ties")
+    half = vote_bytes(n, P) // 2
+    a2a = bytes_of(before, after, "alltoall:mpi" if algorithm == "mpi" else "alltoall:pairwise")
+    ag = bytes_of(before, after, "allgather:mpi" if algorithm == "mpi" else "allgather:ring")
+    assert_all(world, a2a == (half, half) and ag == (half, half),
+               f"all-to-all {a2a}, all-gather {ag}, want {half} each")
+    assert_all(world, wire_total(before, after) == (2 * half,) * 2, f"other traffic: {wire_total(before, after)}")
+    if n == 960:                                           # 8P divides n: exactly 2(P-1)/P n/8, 32x < fp32
+        assert_all(world, 2 * half * 8 * P == 2 * (P - 1) * n, f"{2 * half} B")
+        assert_all(world, 2 * (P - 1) * 4 * n // P == 32 * 2 * half, "not 32x")
+
+
+class SignTiesNegative(Compressor):
+    """Packed IEEE sign bits whose majority_vote breaks ties the other way (-1): the sharded vote must
+    follow the compressor's rule, not a fixed one."""
+    name, aggregate = "sign_ties_negative", AGGREGATE_SIGN_VOTE
+
+    def compress(self, grad, step=0):
+        return (np.packbits(np.signbit(grad)),), Context(grad.size, grad.dtype)
+
+    def decompress(self, payload, ctx):
+        return 1 - 2 * np.unpackbits(payload[0], count=ctx.n).astype(ctx.dtype)
+
+    def payload_bytes(self, n, itemsize=4):
+        return (n + 7) // 8
+
+    def majority_vote(self, payloads, n):
+        count = sum(np.unpackbits(p[0], count=n).astype(np.int32) for p in payloads)
+        return (np.packbits(2 * count >= len(payloads)),)
+
+
+@pytest.mark.parametrize("n", [1000, 3])
+def test_sharded_vote_follows_compressor_ties(world, n):
+    P, r = world.Get_size(), world.Get_rank()
+    xs = signed_inputs(P, n, seed=50 + n)
+    total = sum(ieee_signs(x) for x in xs)
+    expect = np.where(total > 0, 1, -1).astype(np.float32)
+    before = C.counters.snapshot()
+    got = CP.average(world, xs[r].copy(), SignTiesNegative())
+    after = C.counters.snapshot()
+    assert_all(world, np.array_equal(got, expect), f"{np.sum(got != expect)} of {n} elements differ")
+    assert_all(world, wire_total(before, after) == (vote_bytes(n, P),) * 2, f"bytes {wire_total(before, after)}")
+
+
+def test_signsgd_vote_allgather_alternative(world):
+    """The old all-gather form (strategy vote_allgather) gives the same vote with (P-1) n/8 bytes each way."""
+    from hpclm.compress.signsgd import SignSGD
+    P, r = world.Get_size(), world.Get_rank()
+    xs = signed_inputs(P, N, seed=60)
+    sharded = CP.average(world, xs[r].copy(), SignSGD())
+    before = C.counters.snapshot()
+    gathered = CP.average(world, xs[r].copy(), SignSGD(), strategy="vote_allgather")
+    after = C.counters.snapshot()
+    assert_all(world, np.array_equal(sharded, gathered), f"{np.sum(sharded != gathered)} elements differ")
+    sent, recv = bytes_of(before, after, "allgather:mpi")
+    want = (P - 1) * _align((N + 7) // 8)
+    assert_all(world, (sent, recv) == (want, want), f"bytes {(sent, recv)} vs {want}")
 
 
 @pytest.mark.parametrize("name", ["none", "fp16", "bf16", "int8", "qsgd", "terngrad", "signsgd", "ef_sign", "topk",
