@@ -399,6 +399,7 @@ class CompressedDataParallel(_StateMixin, DataParallel):
     again: `averages_micro_batches` is True)."""
 
     averages_micro_batches = True
+    acts_alone = True
 
     def __init__(self, mpi_comm, grad_flat, cfg, make, timer=None, grad_scale=1.0, strategy=None):
         super().__init__(mpi_comm, grad_flat, cfg, timer=timer)
@@ -445,33 +446,20 @@ class CompressedDataParallel(_StateMixin, DataParallel):
     def _reduce_bucket(self, wire_comm, i):            # runs on the communication thread
         self._run_bucket(wire_comm, i, threaded=True)
 
-    def grad_ready(self, offset):
-        while self._next < len(self.buckets) and self.buckets[self._next][0] >= offset:
-            from hpclm.comm.nonblocking import start
-            self._pending.append(start(self._reduce_bucket, self.comm, self._next))
-            self._next += 1
+    def _reduce_bucket_now(self, i):
+        self._run_bucket(self.comm if self.world > 1 else None, i, threaded=False)
+
+    def _charge_async(self):
+        super()._charge_async()
+        with self._lock:
+            compute, self._compute = self._compute, {"compress": 0.0, "decompress": 0.0}
+        for region, seconds in compute.items():
+            if seconds and self.timer:
+                self.timer.add(region, seconds)
 
     def finish(self):
         """Average the gradient (compressed) over the ranks; with one rank, compress + decompress."""
-        t = self.timer
-        if self.world > 1 and self.cfg.overlap:
-            self.grad_ready(0)
-            t and t.start("comm_wait")
-            for req in self._pending:
-                req.wait()
-            t and t.stop("comm_wait")
-            with self._lock:
-                seconds, self._async_seconds = self._async_seconds, 0.0
-                compute, self._compute = self._compute, {"compress": 0.0, "decompress": 0.0}
-            if t:
-                t.add("comm_async", seconds)
-                for region, s in compute.items():
-                    if s:
-                        t.add(region, s)
-        else:
-            for i in range(len(self.buckets)):
-                self._run_bucket(self.comm if self.world > 1 else None, i, threaded=False)
-        self._pending, self._next = [], 0
+        super().finish()
         self.step += 1
 
     # --------------------------------------------------------------------------- checkpoints

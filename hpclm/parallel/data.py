@@ -51,17 +51,35 @@ class DataParallel:
             shadow(mpi_comm)                 # collective Dup now, on the main thread, not inside backward
 
     # ------------------------------------------------------------------------------ gradients
-    def _reduce_bucket(self, wire_comm, lo, hi):
+    acts_alone = False                       # True: finish() works even with one rank (compression)
+
+    def _reduce_bucket(self, wire_comm, i):
+        """Average bucket i on the communication thread; its time is charged to comm_async."""
+        lo, hi = self.buckets[i]
         t0 = time.perf_counter()
         C.allreduce(wire_comm, self.grad_flat[lo:hi], op="average", algorithm=self.cfg.algorithm)
         with self._lock:
             self._async_seconds += time.perf_counter() - t0
 
+    def _reduce_bucket_now(self, i):
+        """Average bucket i on the training thread (no overlap); its time is the comm region."""
+        lo, hi = self.buckets[i]
+        t = self.timer
+        t and t.start("comm")
+        C.allreduce(self.comm, self.grad_flat[lo:hi], op="average", algorithm=self.cfg.algorithm)
+        t and t.stop("comm")
+
+    def _charge_async(self):
+        """Move what the communication thread measured into the step's timer regions."""
+        with self._lock:
+            seconds, self._async_seconds = self._async_seconds, 0.0
+        if self.timer:
+            self.timer.add("comm_async", seconds)
+
     def grad_ready(self, offset):
         """Backward callback: start every bucket lying entirely at or above `offset`."""
         while self._next < len(self.buckets) and self.buckets[self._next][0] >= offset:
-            lo, hi = self.buckets[self._next]
-            self._pending.append(start(self._reduce_bucket, self.comm, lo, hi))
+            self._pending.append(start(self._reduce_bucket, self.comm, self._next))
             self._next += 1
 
     def backward_hook(self, last_micro):
@@ -70,23 +88,19 @@ class DataParallel:
 
     def finish(self):
         """Average the gradient over the ranks (waiting for overlapped buckets, reducing the rest)."""
-        if self.world == 1:
+        if self.world == 1 and not self.acts_alone:
             return
-        t = self.timer
-        if self.cfg.overlap:
+        if self.world > 1 and self.cfg.overlap:
             self.grad_ready(0)
+            t = self.timer
             t and t.start("comm_wait")
             for req in self._pending:
                 req.wait()
             t and t.stop("comm_wait")
-            with self._lock:
-                seconds, self._async_seconds = self._async_seconds, 0.0
-            t and t.add("comm_async", seconds)
+            self._charge_async()
         else:
-            t and t.start("comm")
-            for lo, hi in self.buckets:
-                C.allreduce(self.comm, self.grad_flat[lo:hi], op="average", algorithm=self.cfg.algorithm)
-            t and t.stop("comm")
+            for i in range(len(self.buckets)):
+                self._reduce_bucket_now(i)
         self._pending, self._next = [], 0
 
     # ------------------------------------------------------------------------------ checkpoints
