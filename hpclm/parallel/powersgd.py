@@ -25,6 +25,7 @@ import numpy
 
 from hpclm import comm as C
 from hpclm import xp as X
+from hpclm.compress.powersgd import orthogonalize
 from hpclm.parallel.compressed import _region, _StateMixin
 from hpclm.parallel.data import DataParallel
 
@@ -41,13 +42,6 @@ def split_slots(layout, rank):
                 continue
         rest.append(s)
     return mats, rest
-
-
-def orthonormalize(p):
-    """An orthonormal basis of the columns of p (n, r) by reduced QR (deterministic)."""
-    xp = X.array_module(p)
-    q, _ = xp.linalg.qr(p)
-    return q
 
 
 class PowerSGD:
@@ -115,7 +109,7 @@ class PowerSGD:
         def compress_q():
             for i, m in enumerate(ms):
                 _, p, q, _ = self._views(i)
-                p[...] = orthonormalize(p)
+                p[...] = orthogonalize(p)
                 xp.matmul(m.T, p, out=q)
 
         _region(timer, "compress", compress_q)
