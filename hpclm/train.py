@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -23,12 +24,12 @@ from hpclm import checkpoint as ckpt_io
 from hpclm import comm as C
 from hpclm import xp as X
 from hpclm.config import build_config, config_from_json
-from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare, tokenizer_from_json
+from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
 from hpclm.errors import UserError
 from hpclm.model import GPT
 from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
-from hpclm.parallel.agree import collectively
+from hpclm.parallel.agree import collective_error, collectively
 from hpclm.parallel.compressed import build_data_parallel
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
@@ -76,7 +77,7 @@ def load_data(cfg, world, rank):
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
     elif cfg.model.vocab_size < data.tokenizer.vocab_size:
-        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+        raise collective_error(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"vocabulary ({data.tokenizer.vocab_size})")
     return data
 
@@ -155,15 +156,34 @@ def _sum_pairs(a, b, _datatype=None):
     return (a[0] + b[0], a[1] + b[1])
 
 
-# ------------------------------------------------------------------------------------------ main
-def run(args):
+# ------------------------------------------------------------------------------------------ setup
+@dataclass
+class Session:
+    """Everything one rank's training loop works with, built by `setup`."""
+    world: object
+    rank: int
+    size: int
+    cfg: object
+    data: object
+    model: object
+    optimizer: object
+    sampler: object
+    dp: object
+    timer: Timer
+    recorder: Recorder
+    rng: np.random.Generator
+    val_offsets: np.ndarray
+    start_step: int
+    threads: int
+    local_ranks: int
+    resumed: bool
+
+
+def setup(args, world):
+    """Config, data, model, optimizer, strategy and timing record; a UserError anywhere stops every rank."""
     from mpi4py import MPI
 
-    world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    quiet = rank != 0 and not args.verbose
-    if quiet:
-        sys.stdout = open(os.devnull, "w")
     cfg, ckpt = collectively(world, resolve_config, args)
     C.set_cuda_aware(cfg.comm.cuda_aware)
     local = world.Split_type(MPI.COMM_TYPE_SHARED)
@@ -171,150 +191,186 @@ def run(args):
     local.Free()
     data = load_data(cfg, world, rank)
     if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
-        raise collectively(world, _raise, f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
+        raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
+    n_micro = cfg.train.grad_accum
+    if cfg.train.batch_size % (size * n_micro):           # the same on every rank
+        raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
+                               f"world size x grad_accum ({size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
     model = collectively(world, build_model, cfg, threads)
     optimizer = build_optimizer(cfg.optim, model)
-    start_step = 0
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
+    start_step = 0
     if ckpt is not None:
         collectively(world, ckpt.restore, model, optimizer)
         start_step = ckpt.step
-        states = ckpt.rng_state
-        if len(states) == size:
-            rng.bit_generator.state = states[rank]
+        if len(ckpt.rng_state) == size:
+            rng.bit_generator.state = ckpt.rng_state[rank]
     sampler = collectively(world, BatchSampler, data.train, cfg.model.block_size, cfg.train.batch_size,
                            cfg.train.seed, rank=rank, world=size)
-    n_micro = cfg.train.grad_accum
-    if cfg.train.batch_size % (size * n_micro):
-        raise collectively(world, _raise, f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
-                           f"world size x grad_accum ({size} x {n_micro})")
     val_offsets = eval_offsets(cfg.train.seed, cfg.train.eval_batches, cfg.train.batch_size,
                                len(data.val) - cfg.model.block_size)
-    run_dir = cfg.train.out_dir
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
     dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer)   # compressed when compress.name != none
     if ckpt is not None:
         collectively(world, dp.restore, ckpt.extra, start_step)
-    hosts = world.gather(socket.gethostname())
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(cfg.train.out_dir, exist_ok=True)
     meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=versions(),
                 layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
                              "algorithm": cfg.comm.algorithm, "cuda_aware": cfg.comm.cuda_aware})
     # A resumed run keeps the record of the steps before it: its own file starts at its first step.
     record_name = f"timing-from-{start_step}.h5" if start_step else "timing.h5"
-    recorder = Recorder(run_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
+    recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
                         enabled=cfg.train.timing, file_name=record_name)
+    return Session(world, rank, size, cfg, data, model, optimizer, sampler, dp, timer, recorder, rng,
+                   val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None)
 
-    progress = Progress(cfg.train.max_steps, rank == 0)
+
+def print_banner(s, hosts):
+    """Rank 0's start-up report: layout, MPI library, data, model."""
+    cfg = s.cfg
+    print(f"hpclm {__version__}: {s.size} rank(s) on {len(set(hosts))} host(s) ({s.local_ranks} per node), "
+          f"{s.threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
+          f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}, "
+          f"compress {cfg.compress.name}")
+    print(f"MPI: {versions()['mpi_library']}")
+    slurm = os.environ.get("SLURM_NTASKS")
+    if slurm and int(slurm) != s.size:
+        print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {s.size} ranks")
+    print(f"data: {s.data.source}; unigram entropy {s.data.unigram_entropy():.3f} nats")
+    print(f"model: {s.model.num_params():,} parameters, {cfg.train.dtype}; "
+          f"{cfg.train.batch_size * cfg.model.block_size:,} tokens/step; run dir {cfg.train.out_dir}"
+          + (f"; resuming at step {s.start_step}" if s.resumed else ""))
+
+
+def bytes_moved(before, after):
+    """(sent, received) bytes between two hpclm.comm.counters snapshots."""
+    return tuple(sum(t[key] for t in after.values()) - sum(t[key] for t in before.values())
+                 for key in ("bytes_sent", "bytes_recv"))
+
+
+# ------------------------------------------------------------------------------------------ loop
+def save_checkpoint(s, step):
+    """Collective: every rank's RNG and strategy state to rank 0, which writes the checkpoint."""
+    rng_states = s.world.gather(s.rng.bit_generator.state)
+    extra = s.dp.checkpoint_extra()                      # error buffers, PowerSGD Q (every rank's, on rank 0)
+    if s.rank == 0:
+        with s.timer.region("checkpoint"):
+            ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), model=s.model, optimizer=s.optimizer,
+                         step=step, config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
+                         rng_state=rng_states, extra=extra)
+    s.world.Barrier()
+
+
+def train_steps(s, stop):
+    """The training loop from s.start_step; returns the summary. `stop["signal"]` set = stop early."""
+    from mpi4py import MPI
+
+    cfg, model, timer, world = s.cfg, s.model, s.timer, s.world
+    n_micro = cfg.train.grad_accum
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-    if rank == 0:
-        n_hosts = len(set(hosts))
-        print(f"hpclm {__version__}: {size} rank(s) on {n_hosts} host(s) ({local_ranks} per node), "
-              f"{threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
-              f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}")
-        print(f"MPI: {versions()['mpi_library']}")
-        slurm = os.environ.get("SLURM_NTASKS")
-        if slurm and int(slurm) != size:
-            print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {size} ranks")
-        print(f"data: {data.source}; unigram entropy {data.unigram_entropy():.3f} nats")
-        print(f"model: {model.num_params():,} parameters, {cfg.train.dtype}; {tokens_per_step:,} tokens/step; "
-              f"run dir {run_dir}" + (f"; resuming at step {start_step}" if ckpt else ""))
+    progress = Progress(cfg.train.max_steps, s.rank == 0)
+    t_start = window_t = time.perf_counter()
+    window_tokens, val_loss, step = 0, math.nan, s.start_step
+    for step in range(s.start_step, cfg.train.max_steps):
+        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+        before = C.counters.snapshot()
+        loss = 0.0
+        for micro in range(n_micro):
+            with timer.region("data"):
+                x, y = s.sampler.batch(step, micro, n_micro)
+                x, y = X.to_device(x), X.to_device(y)
+            loss += model.forward_backward(x, y, grad_ready=s.dp.backward_hook(micro == n_micro - 1),
+                                           accumulate=micro > 0, timer=timer)
+        s.dp.finish()
+        with timer.region("optimizer"):
+            if n_micro > 1 and not s.dp.averages_micro_batches:
+                model.grad_flat *= 1.0 / n_micro
+            grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
+            s.optimizer.step(model.flat, model.grad_flat, lr)
+        loss /= n_micro
+        last = step == cfg.train.max_steps - 1
+        log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == s.start_step
+        global_loss = world.allreduce(loss) / s.size if (log_now and s.size > 1) else loss
+        if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
+            s.dp.check_identical(model.flat, step)
+        want_stop = stop["signal"] is not None
+        if s.size > 1:
+            want_stop = world.allreduce(want_stop, op=MPI.LOR)
+        if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
+            with timer.region("eval"):
+                val_loss = evaluate(model, s.data.val, s.val_offsets, cfg.model.block_size, s.rank, s.size, world)
+            s.recorder.log_eval(step, val_loss, global_loss)
+            progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
+        sent, recv = bytes_moved(before, C.counters.snapshot())
+        window_tokens += tokens_per_step
+        if log_now:
+            now = time.perf_counter()
+            tok_s = window_tokens / max(now - window_t, 1e-9)
+            window_t, window_tokens = now, 0
+            progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
+                                  f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
+        if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
+            save_checkpoint(s, step + 1)
+        uncompressed = recv if s.dp.bytes_uncompressed is None else s.dp.bytes_uncompressed
+        s.recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=uncompressed,
+                            loss=loss, tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm,
+                            global_loss=global_loss)
+        if want_stop:
+            progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
+            break
+    save_checkpoint(s, step + 1)
+    if cfg.train.trace:
+        s.recorder.write_trace(timer)
+    s.recorder.close()
+    wall = time.perf_counter() - t_start
+    summary = dict(start_step=s.start_step, world_size=s.size, end_step=step + 1, val_loss=val_loss,
+                   wall_seconds=wall, tokens_per_second=(step + 1 - s.start_step) * tokens_per_step / wall)
+    progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
+                     f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {cfg.train.out_dir}/{ckpt_io.FILE_NAME}")
+    return summary
 
+
+def write_summary(path, summary):
+    """summary.json, strict JSON (non-finite numbers become null)."""
+    with open(path, "w") as fh:
+        json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()},
+                  fh, indent=1, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------------ main
+def run(args):
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    stdout = sys.stdout
+    if world.Get_rank() != 0 and not args.verbose:
+        sys.stdout = open(os.devnull, "w")
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
     previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
-    blas_limit = threadpool_limits(limits=threads, user_api="blas")
+    blas_limit = None
     try:
-
-        def save(step):
-            rng_states = world.gather(rng.bit_generator.state)
-            extra = dp.checkpoint_extra()             # error buffers, PowerSGD Q (every rank's, on rank 0)
-            if rank == 0:
-                with timer.region("checkpoint"):
-                    ckpt_io.save(os.path.join(run_dir, ckpt_io.FILE_NAME), model=model, optimizer=optimizer, step=step,
-                                 config_json=cfg.to_json(), tokenizer_json=data.tokenizer.to_json(), rng_state=rng_states,
-                                 extra=extra)
-            world.Barrier()
-
-        summary = {"start_step": start_step, "world_size": size}
-        t_start = time.perf_counter()
-        window_t, window_tokens = time.perf_counter(), 0
-        val_loss = math.nan
-        step = start_step
-        for step in range(start_step, cfg.train.max_steps):
-            lr = lr_at(step, cfg.optim, cfg.train.max_steps)
-            before = C.counters.snapshot()
-            loss = 0.0
-            for micro in range(n_micro):
-                with timer.region("data"):
-                    x, y = sampler.batch(step, micro, n_micro)
-                    x, y = X.to_device(x), X.to_device(y)
-                loss += model.forward_backward(x, y, grad_ready=dp.backward_hook(micro == n_micro - 1),
-                                               accumulate=micro > 0, timer=timer)
-            dp.finish()
-            with timer.region("optimizer"):
-                if n_micro > 1 and not dp.averages_micro_batches:
-                    model.grad_flat *= 1.0 / n_micro
-                grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
-                optimizer.step(model.flat, model.grad_flat, lr)
-            loss /= n_micro
-            last = step == cfg.train.max_steps - 1
-            log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == start_step
-            global_loss = world.allreduce(loss) / size if (log_now and size > 1) else loss
-            if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
-                dp.check_identical(model.flat, step)
-            want_stop = stop["signal"] is not None
-            if size > 1:
-                want_stop = world.allreduce(want_stop, op=MPI.LOR)
-            if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
-                with timer.region("eval"):
-                    val_loss = evaluate(model, data.val, val_offsets, cfg.model.block_size, rank, size, world)
-                recorder.log_eval(step, val_loss, global_loss)
-                progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
-            after = C.counters.snapshot()
-            sent = sum(t["bytes_sent"] for t in after.values()) - sum(t["bytes_sent"] for t in before.values())
-            recv = sum(t["bytes_recv"] for t in after.values()) - sum(t["bytes_recv"] for t in before.values())
-            window_tokens += tokens_per_step
-            if log_now:
-                now = time.perf_counter()
-                tok_s = window_tokens / max(now - window_t, 1e-9)
-                window_t, window_tokens = now, 0
-                progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
-                                      f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
-            if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
-                save(step + 1)
-            uncompressed = recv if dp.bytes_uncompressed is None else dp.bytes_uncompressed
-            recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=uncompressed,
-                              loss=loss, tokens=tokens_per_step // size, lr=lr, grad_norm=grad_norm,
-                              global_loss=global_loss)
-            if want_stop:
-                progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
-                break
-        save(step + 1)
-        recorder.write_trace(timer) if trace else None
-        recorder.close()
-        wall = time.perf_counter() - t_start
-        summary.update(end_step=step + 1, val_loss=val_loss, wall_seconds=wall,
-                       tokens_per_second=(step + 1 - start_step) * tokens_per_step / wall)
-        if rank == 0:
-            with open(os.path.join(run_dir, "summary.json"), "w") as fh:
-                json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()},
-                      fh, indent=1, allow_nan=False)
-            progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
-                             f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {run_dir}/{ckpt_io.FILE_NAME}")
+        s = setup(args, world)
+        hosts = world.gather(socket.gethostname())
+        if s.rank == 0:
+            print_banner(s, hosts)
+        # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
+        blas_limit = threadpool_limits(limits=s.threads, user_api="blas")
+        summary = train_steps(s, stop)
+        if s.rank == 0:
+            write_summary(os.path.join(s.cfg.train.out_dir, "summary.json"), summary)
     finally:
-        blas_limit.restore_original_limits()
+        if blas_limit is not None:
+            blas_limit.restore_original_limits()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
     return 0
-
-
-def _raise(message):
-    raise UserError(message)

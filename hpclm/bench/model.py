@@ -6,7 +6,6 @@ output head) and the second term the attention score/value products. The float32
 of this machine is measured in the same run (a 2048^3 product on the same number of threads,
 best of several, before and after the model), and MFU = model FLOP/s / peak.
 """
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits

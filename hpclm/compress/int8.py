@@ -6,7 +6,6 @@ Aggregate: gather (scales differ across ranks). GPU: kernels/quantize.cu (int8_q
 """
 import numpy
 
-from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
 from hpclm.compress.bits import on_gpu
 

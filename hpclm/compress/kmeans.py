@@ -7,7 +7,6 @@ Every element gets the code of its nearest centroid. Travels: codes at log2(k) b
 and the k float32 centroids: ceil(n * log2(k) / 8) + 4 k bytes. Centroids lie within
 [min g, max g], so the error per element is at most max g - min g. Aggregate: gather.
 """
-import numpy
 
 from hpclm import xp as X
 from hpclm.compress import rng

@@ -5,7 +5,6 @@ Decompresses to +1 / -1. Aggregate: sign_vote: `majority_vote` of every rank's p
 """
 import numpy
 
-from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_SIGN_VOTE, Compressor, Context
 from hpclm.compress.bits import on_gpu, pack_signs, packed_size, unpack_signs
 

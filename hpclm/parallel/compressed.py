@@ -62,7 +62,6 @@ uncompressed bandwidth-optimal all-reduce, 2(P-1)/P * n * itemsize per step.
 import time
 
 import numpy
-from mpi4py import MPI
 
 from hpclm import comm as C
 from hpclm import xp as X
