@@ -61,7 +61,8 @@ class RunSummary:
     bytes_recv: float
     compression_ratio: float | None  # bytes_uncompressed / bytes_sent
     stragglers: list
-    final_loss: float
+    final_loss: float           # training loss of the last logged step
+    final_val_loss: float       # validation loss of the last evaluation (NaN if none)
 
 
 def _region_sum(record, names, rows):
@@ -78,6 +79,12 @@ def _final_loss(record):
         if finite.size:
             return float(finite[-1])
     return float("nan")
+
+
+def _final_val_loss(record):
+    val = record.evals.get("val_loss", np.array([]))
+    finite = val[np.isfinite(val)]
+    return float(finite[-1]) if finite.size else float("nan")
 
 
 def stragglers(step_time):
@@ -118,7 +125,7 @@ def summarize(record, skip_steps=1, name=None):
         tokens_per_s=float(record.per_rank["tokens"][rows].sum() / step_time.max(axis=1).sum()),
         bytes_sent=float(sent.mean()), bytes_recv=float(record.per_rank["bytes_recv"][rows].mean()),
         compression_ratio=float(uncompressed.sum() / sent.sum()) if sent.sum() > 0 and uncompressed.sum() > 0 else None,
-        stragglers=stragglers(step_time), final_loss=_final_loss(record))
+        stragglers=stragglers(step_time), final_loss=_final_loss(record), final_val_loss=_final_val_loss(record))
 
 
 def scaling(summaries):

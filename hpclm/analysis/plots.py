@@ -43,20 +43,33 @@ def breakdown(path, records, summaries, skip_steps):
     plt.close(fig)
 
 
+def _smooth(values, window):
+    """Trailing moving average (the first points average what there is)."""
+    if window <= 1:
+        return values
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    lo = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    return (c[1:] - c[lo]) / (np.arange(1, len(values) + 1) - lo)
+
+
 def loss_curves(path, records, summaries):
+    """Training loss (moving average) against step, wall time and cumulative MB sent (log scale)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
-    for record, summary in zip(records, summaries):
-        loss = _loss(record)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    colors = plt.get_cmap("tab20" if len(records) > 10 else "tab10").colors
+    window = max(1, max(r.n_steps for r in records) // 80)
+    for i, (record, summary) in enumerate(zip(records, summaries)):
+        loss = _smooth(_loss(record), window)
         sent = np.cumsum(record.per_rank["bytes_sent"].mean(axis=1))
-        label = f"{summary.name} (P={summary.world_size})"
-        axes[0].plot(record.step, loss, label=label)
-        axes[1].plot(record.per_step["elapsed"], loss, label=label)
-        axes[2].plot(sent / 1e6, loss, label=label)
-    for ax, xlabel in zip(axes, ("step", "wall time (s)", "MB sent per rank (cumulative)")):
+        style = dict(label=f"{summary.name} (P={summary.world_size})", color=colors[i % len(colors)], lw=1.2)
+        axes[0].plot(record.step, loss, **style)
+        axes[1].plot(record.per_step["elapsed"], loss, **style)
+        axes[2].plot(sent / 1e6, loss, **style)
+    for ax, xlabel in zip(axes, ("step", "wall time (s)", "MB sent per rank (cumulative, log scale)")):
         ax.set_xlabel(xlabel)
-    axes[0].set_ylabel("training loss")
-    axes[0].legend(fontsize="small")
+    axes[2].set_xscale("symlog", linthresh=1.0)
+    axes[0].set_ylabel(f"training loss ({window}-step moving average)")
+    axes[2].legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
 

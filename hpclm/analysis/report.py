@@ -44,7 +44,8 @@ def format_run(summary, record):
     hidden = ("not recorded (no comm_async times)" if s.hidden_comm_s is None
               else f"{ms(s.hidden_comm_s).strip()} ms/step per rank")
     lines.append(f"  communication: exposed {ms(s.exposed_comm_s).strip()} ms/step per rank, hidden {hidden}")
-    lines.append(f"  throughput {s.tokens_per_s:,.1f} tokens/s   final loss {s.final_loss:.4f}")
+    lines.append(f"  throughput {s.tokens_per_s:,.1f} tokens/s   final loss {s.final_loss:.4f}"
+                 f"   last validation loss {s.final_val_loss:.4f}")
     ratio = f", compression ratio {s.compression_ratio:.2f}x" if s.compression_ratio else ""
     lines.append(f"  per step per rank: sent {megabytes(s.bytes_sent)}, received {megabytes(s.bytes_recv)}{ratio}")
     if s.stragglers:
@@ -60,13 +61,15 @@ def format_comparison(summaries):
     scale = metrics.scaling(summaries)
     base = min(summaries, key=lambda s: s.world_size)
     header = (f"{'run':<20}{'ranks':>6}{'step ms':>10}{'tokens/s':>13}{'compute':>9}{'exp.comm':>9}"
-              f"{'MB sent':>9}{'loss':>8}{'speedup':>9}{'effic.':>8}")
-    lines = [f"== comparison (speedup and efficiency from tokens/s against {base.name}, {base.world_size} ranks)",
+              f"{'MB sent':>9}{'ratio':>8}{'loss':>8}{'val':>8}{'speedup':>9}{'effic.':>8}")
+    lines = [f"== comparison (speedup and efficiency from tokens/s against {base.name}, {base.world_size} ranks; "
+             f"ratio = uncompressed / sent bytes; loss = last training loss, val = last validation loss)",
              header]
     for s, (speedup, efficiency) in zip(summaries, scale):
         lines.append(f"{s.name[:19]:<20}{s.world_size:>6}{s.step_time.median * 1e3:>10.2f}{s.tokens_per_s:>13,.0f}"
                      f"{s.compute_fraction:>9.1%}{s.comm_fraction:>9.1%}{s.bytes_sent / 1e6:>9.3f}"
-                     f"{s.final_loss:>8.3f}{speedup:>9.2f}{efficiency:>8.1%}")
+                     f"{(f'{s.compression_ratio:.1f}x' if s.compression_ratio else '-'):>8}"
+                     f"{s.final_loss:>8.3f}{s.final_val_loss:>8.3f}{speedup:>9.2f}{efficiency:>8.1%}")
     return "\n".join(lines)
 
 

@@ -70,3 +70,11 @@ def test_speedup_and_efficiency_against_the_smallest_run():
     small = summarize(synthetic([0.1, 0.1]))            # 200 tokens / 0.1 s = 2000 tokens/s
     large = summarize(synthetic([0.2] * 8))             # 800 tokens / 0.2 s = 4000 tokens/s
     assert scaling([large, small]) == [pytest.approx((2.0, 0.5)), pytest.approx((1.0, 1.0))]
+
+
+def test_last_validation_loss_is_the_last_finite_evaluation():
+    record = synthetic([0.1, 0.1])
+    assert np.isnan(summarize(record).final_val_loss)          # no evaluation recorded
+    record.evals.update(step=np.array([2, 4, 5]), val_loss=np.array([2.5, 2.25, np.nan]),
+                        train_loss=np.array([2.6, 2.3, 2.2]))
+    assert summarize(record).final_val_loss == 2.25
