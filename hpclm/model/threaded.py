@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
 
+from hpclm import xp as X
 from hpclm.model.gpt import GPT
 
 
@@ -22,6 +23,7 @@ class ThreadedGPT:
         self.model = model
         self.n_threads = max(1, int(n_threads))
         self.replicas = [GPT(model.cfg, dtype=model.dtype, flat=model.flat) for _ in range(self.n_threads)]
+        self._scratch = X.np.empty_like(model.grad_flat)     # weighted slice gradients, reused every step
         self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="hpclm-rows")
 
     def __getattr__(self, name):            # params, grads, flat, grad_flat, layout, cfg, forward, ...
@@ -54,7 +56,7 @@ class ThreadedGPT:
             return self.model.forward_backward(idx, targets, grad_ready=grad_ready, accumulate=accumulate, timer=timer)
         weights = [(b - a) / batch for a, b in slices]
         combine = _SegmentCombiner(self.model.grad_flat, [r.grad_flat for r in self.replicas[:len(slices)]],
-                                   weights, accumulate, grad_ready)
+                                   weights, accumulate, grad_ready, self._scratch)
 
         def work(i, a, b):
             return self.replicas[i].forward_backward(idx[a:b], targets[a:b], timer=timer if i == 0 else None,
@@ -71,8 +73,8 @@ class _SegmentCombiner:
     segment between the previous common offset and the new one is combined once, then announced.
     """
 
-    def __init__(self, out, parts, weights, accumulate, grad_ready):
-        self.out, self.parts, self.weights = out, parts, weights
+    def __init__(self, out, parts, weights, accumulate, grad_ready, scratch):
+        self.out, self.parts, self.weights, self.scratch = out, parts, weights, scratch
         self.accumulate, self.grad_ready = accumulate, grad_ready
         self.reached_by = [out.shape[0]] * len(parts)          # per replica: lowest final offset
         self.done = out.shape[0]                               # combined down to here
@@ -85,10 +87,13 @@ class _SegmentCombiner:
             if lo >= hi:
                 return
             seg = slice(lo, hi)
-            if not self.accumulate:
-                self.out[seg] = 0
-            for part, w in zip(self.parts, self.weights):
-                self.out[seg] += w * part[seg]                 # (hi - lo,)
+            xp = X.array_module(self.out)
+            for i, (part, w) in enumerate(zip(self.parts, self.weights)):
+                if i == 0 and not self.accumulate:
+                    xp.multiply(part[seg], w, out=self.out[seg])               # (hi - lo,)
+                else:
+                    xp.multiply(part[seg], w, out=self.scratch[seg])
+                    self.out[seg] += self.scratch[seg]
             self.done = lo
             if self.grad_ready is not None:
                 self.grad_ready(lo)
