@@ -149,8 +149,11 @@ class CompressConfig:
     factor_masking: bool = False       # DGC: clear momentum where an element was sent
     momentum: float = 0.9        # DGC momentum factor
     seed: int = 0                # shared seed for randomized compressors (same on every rank)
+    warmup_steps: int = 0        # average uncompressed for the first N steps (DGC / 1-bit Adam warm-up)
 
     def validate(self):
+        if self.warmup_steps < 0:
+            raise UserError(f"compress.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.error_feedback not in ("auto", "on", "off"):
             raise UserError(f"compress.error_feedback must be auto, on or off; got {self.error_feedback!r}")
         if not 0.0 < self.density <= 1.0:

@@ -400,9 +400,10 @@ class CompressedDataParallel(_StateMixin, DataParallel):
     averages_micro_batches = True
     acts_alone = True
 
-    def __init__(self, mpi_comm, grad_flat, cfg, make, timer=None, grad_scale=1.0, strategy=None):
+    def __init__(self, mpi_comm, grad_flat, cfg, make, timer=None, grad_scale=1.0, strategy=None, warmup_steps=0):
         super().__init__(mpi_comm, grad_flat, cfg, timer=timer)
         self.grad_scale = grad_scale
+        self.warmup_steps = warmup_steps             # steps averaged uncompressed before compression starts
         self.compressors = [make(hi - lo, grad_flat.dtype) for lo, hi in self.buckets]
         self.strategy = strategy or strategy_of(self.compressors[0])
         if self.strategy == "powersgd":
@@ -443,10 +444,18 @@ class CompressedDataParallel(_StateMixin, DataParallel):
                     self._compute[region] = self._compute.get(region, 0.0) + seconds
 
     def _reduce_bucket(self, wire_comm, i):            # runs on the communication thread
-        self._run_bucket(wire_comm, i, threaded=True)
+        if self.step < self.warmup_steps:
+            self._job(i)
+            super()._reduce_bucket(wire_comm, i)
+        else:
+            self._run_bucket(wire_comm, i, threaded=True)
 
     def _reduce_bucket_now(self, i):
-        self._run_bucket(self.comm if self.world > 1 else None, i, threaded=False)
+        if self.step < self.warmup_steps:
+            self._job(i)
+            super()._reduce_bucket_now(i)
+        else:
+            self._run_bucket(self.comm if self.world > 1 else None, i, threaded=False)
 
     def _charge_async(self):
         super()._charge_async()
@@ -495,11 +504,12 @@ def build_data_parallel(mpi_comm, model, cfg, timer=None):
         world = mpi_comm.Get_size()
         return CompressedDataParallel(mpi_comm, model.grad_flat, cfg.comm,
                                       lambda n, dtype: OneBitAllreduce(n, world, dtype),
-                                      timer=timer, grad_scale=scale, strategy="onebit")
+                                      timer=timer, grad_scale=scale, strategy="onebit",
+                                      warmup_steps=cfg.compress.warmup_steps)
     from hpclm.compress.memory import build_with_memory
     return CompressedDataParallel(mpi_comm, model.grad_flat, cfg.comm,
                                   lambda n, dtype: build_with_memory(cfg.compress, n, dtype, rank=rank),
-                                  timer=timer, grad_scale=scale)
+                                  timer=timer, grad_scale=scale, warmup_steps=cfg.compress.warmup_steps)
 
 
 __all__ = ["STRATEGY", "SPARSE", "strategy_of", "average", "exchange_sum", "exchange_gather", "exchange_vote",

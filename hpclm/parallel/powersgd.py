@@ -154,6 +154,7 @@ class PowerSGDDataParallel(_StateMixin, DataParallel):
         self.grad_scale = grad_scale
         self.powersgd = PowerSGD(model.layout, model.grad_flat.dtype, rank=cfg.compress.rank,
                                  seed=cfg.compress.seed, error_feedback=wants_memory(cfg.compress))
+        self.warmup_steps = cfg.compress.warmup_steps   # steps averaged uncompressed first
         self.step = 0
 
     @property
@@ -167,7 +168,12 @@ class PowerSGDDataParallel(_StateMixin, DataParallel):
     def finish(self):
         if self.grad_scale != 1.0:
             self.grad_flat *= self.grad_flat.dtype.type(self.grad_scale)
-        self.powersgd.step(self.comm if self.world > 1 else None, self.grad_flat, self.cfg.algorithm, self.timer)
+        if self.step < self.warmup_steps:
+            if self.world > 1:
+                for i in range(len(self.buckets)):
+                    self._reduce_bucket_now(i)
+        else:
+            self.powersgd.step(self.comm if self.world > 1 else None, self.grad_flat, self.cfg.algorithm, self.timer)
         self.step += 1
 
     def local_state(self):

@@ -117,3 +117,21 @@ def test_one_rank_compression_applies(world, root):
     self_comm.Free()
     assert_all(world, 0 < kept <= int(0.02 * before.size) + 1 and not np.array_equal(before, model.grad_flat),
                f"{kept} nonzero of {before.size}")
+
+
+@pytest.mark.parametrize("case", ["topk", "powersgd", "onebit"])
+def test_warmup_averages_uncompressed(world, root, case):
+    """With compress.warmup_steps covering the run, every strategy trains exactly like no compression."""
+    cache = root / "cache"
+    plain, warm = root / f"{case}-plain", root / f"{case}-warm"
+    pairs = zip(CASES[case][::2], CASES[case][1::2])
+    sets = [word for flag, value in pairs if not value.startswith("comm.") for word in (flag, value)]
+    args = lambda *extra: tiny_args(cache, "--set", "train.batch_size=8", "--set", "comm.bucket_mb=0.005",  # noqa: E731
+                                    *extra, steps=STEPS)
+    assert main(["train", "--out", str(plain)] + args()) == 0
+    assert main(["train", "--out", str(warm)] + args(*sets, "--set", f"compress.warmup_steps={STEPS}")) == 0
+    if world.Get_rank() == 0:
+        same = np.array_equal(read_ckpt(warm)[0], read_ckpt(plain)[0])
+    else:
+        same = True
+    assert_all(world, same, f"{case}: warm-up steps differ from uncompressed training")
