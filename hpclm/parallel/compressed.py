@@ -59,8 +59,6 @@ hpclm.comm.counters itself for MPI's own calls), so the training loop's counter 
 bytes that crossed the wire; `bytes_uncompressed` is what the same gradient would move in an
 uncompressed bandwidth-optimal all-reduce, 2(P-1)/P * n * itemsize per step.
 """
-import time
-
 import numpy
 
 from hpclm import comm as C
@@ -70,6 +68,7 @@ from hpclm.comm.ops import DTYPES as SUMMABLE_DTYPES
 from hpclm.compress.base import AGGREGATE_GATHER, AGGREGATE_LOW_RANK, AGGREGATE_SIGN_VOTE, AGGREGATE_SUM
 from hpclm.errors import UserError
 from hpclm.parallel.data import DataParallel
+from hpclm.timing.timer import Timer
 
 STRATEGY = {"ef_sign": "onebit", "onebit": "onebit"}
 SPARSE = frozenset({"topk", "threshold"})     # payload = (values (k,), indices (k,) int): scatter-add
@@ -240,29 +239,13 @@ def average(comm, grad, compressor, step=0, algorithm="mpi", strategy=None, time
     return grad
 
 
-class Stopwatch:
-    """start/stop like hpclm.timing.Timer, summing seconds per region (for the communication thread)."""
-
-    def __init__(self):
-        self.totals, self._open = {}, {}
-
-    def start(self, name):
-        self._open[name] = time.perf_counter()
-
-    def stop(self, name):
-        seconds = time.perf_counter() - self._open.pop(name)
-        self.totals[name] = self.totals.get(name, 0.0) + seconds
-        return seconds
+_UNTIMED = Timer(enabled=False)
 
 
 def _region(timer, name, fn):
-    if timer is None:
+    """fn() timed as `name` on `timer` (an hpclm.timing.Timer, or None for untimed)."""
+    with (timer or _UNTIMED).region(name):
         return fn()
-    timer.start(name)
-    try:
-        return fn()
-    finally:
-        timer.stop(name)
 
 
 class BucketJob:
@@ -372,8 +355,18 @@ def rows_for_rank(extra, names_shapes, rank, world, where):
     return out
 
 
-class _StateMixin:
-    """checkpoint_extra / restore for strategies that expose local_state() and load_local_state()."""
+class _CompressedStrategy:
+    """What the compressed strategies share on top of DataParallel: they average micro-batches
+    themselves, report the uncompressed volume beside the bytes they send, and checkpoint their
+    state (local_state() / load_local_state(), every rank's stacked on rank 0)."""
+
+    averages_micro_batches = True
+
+    @property
+    def bytes_uncompressed(self):
+        """Bytes per rank per step of an uncompressed bandwidth-optimal all-reduce of the gradient."""
+        P = self.world
+        return 2 * (P - 1) * self.grad_flat.nbytes // P if P > 1 else 0
 
     def checkpoint_extra(self):
         """Collective: every rank's compression state, stacked on rank 0 as {name: (P, ...)}."""
@@ -389,7 +382,7 @@ class _StateMixin:
 
 
 # ------------------------------------------------------------------------------------ data parallel
-class CompressedDataParallel(_StateMixin, DataParallel):
+class CompressedDataParallel(_CompressedStrategy, DataParallel):
     """DataParallel whose buckets are averaged through a compressor (see the module docstring).
 
     make(n, dtype) builds the compressor of a bucket of n elements (e.g. build_with_memory), or a
@@ -397,7 +390,6 @@ class CompressedDataParallel(_StateMixin, DataParallel):
     (1 / grad_accum: the compressor sees the mean over micro-batches, so the loop must not scale
     again: `averages_micro_batches` is True)."""
 
-    averages_micro_batches = True
     acts_alone = True
 
     def __init__(self, mpi_comm, grad_flat, cfg, make, timer=None, grad_scale=1.0, strategy=None, warmup_steps=0):
@@ -410,13 +402,6 @@ class CompressedDataParallel(_StateMixin, DataParallel):
             raise UserError("compressed: powersgd runs over the whole model; use PowerSGDDataParallel")
         self.step = 0
         self._compute = {"compress": 0.0, "decompress": 0.0}
-        self._jobs = []
-
-    @property
-    def bytes_uncompressed(self):
-        """Bytes per rank per step of an uncompressed bandwidth-optimal all-reduce of the gradient."""
-        P = self.world
-        return 2 * (P - 1) * self.grad_flat.nbytes // P if P > 1 else 0
 
     def _job(self, i):
         lo, hi = self.buckets[i]
@@ -427,9 +412,9 @@ class CompressedDataParallel(_StateMixin, DataParallel):
 
     def _run_bucket(self, wire_comm, i, threaded):
         """Compress, exchange and decompress bucket i. On the communication thread (threaded) the
-        regions go to a Stopwatch and are charged in finish(): its `comm` time to comm_async."""
+        regions go to a Timer of their own and are charged in finish(): `comm` to comm_async."""
         grad, comp = self._job(i), self.compressors[i]
-        t = Stopwatch() if threaded else self.timer
+        t = Timer() if threaded else self.timer
         if self.strategy == "onebit":
             comp.allreduce(wire_comm, grad, algorithm=self.cfg.algorithm, timer=t)
         else:
@@ -439,8 +424,9 @@ class CompressedDataParallel(_StateMixin, DataParallel):
             _region(t, "decompress", job.decompress)
         if threaded:
             with self._lock:
-                self._async_seconds += t.totals.pop("comm", 0.0)
-                for region, seconds in t.totals.items():
+                totals = t.collect()
+                self._async_seconds += totals.pop("comm", 0.0)
+                for region, seconds in totals.items():
                     self._compute[region] = self._compute.get(region, 0.0) + seconds
 
     def _reduce_bucket(self, wire_comm, i):            # runs on the communication thread

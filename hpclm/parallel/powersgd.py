@@ -26,7 +26,7 @@ import numpy
 from hpclm import comm as C
 from hpclm import xp as X
 from hpclm.compress.powersgd import orthogonalize
-from hpclm.parallel.compressed import _region, _StateMixin
+from hpclm.parallel.compressed import _CompressedStrategy, _region
 from hpclm.parallel.data import DataParallel
 
 
@@ -142,11 +142,9 @@ class PowerSGD:
             self.error[...] = X.to_device(state["error"])
 
 
-class PowerSGDDataParallel(_StateMixin, DataParallel):
+class PowerSGDDataParallel(_CompressedStrategy, DataParallel):
     """Data parallelism with PowerSGD after backward over the whole model (no bucket overlap: the
     two all-reduces need every matrix's gradient). With one rank, compression still applies."""
-
-    averages_micro_batches = True
 
     def __init__(self, mpi_comm, model, cfg, timer=None, grad_scale=1.0):
         super().__init__(mpi_comm, model.grad_flat, cfg.comm, timer=timer)
@@ -156,11 +154,6 @@ class PowerSGDDataParallel(_StateMixin, DataParallel):
                                  seed=cfg.compress.seed, error_feedback=wants_memory(cfg.compress))
         self.warmup_steps = cfg.compress.warmup_steps   # steps averaged uncompressed first
         self.step = 0
-
-    @property
-    def bytes_uncompressed(self):
-        P = self.world
-        return 2 * (P - 1) * self.grad_flat.nbytes // P if P > 1 else 0
 
     def backward_hook(self, last_micro):
         return None
