@@ -177,6 +177,7 @@ class Session:
     threads: int
     local_ranks: int
     resumed: bool
+    versions: dict
 
 
 def setup(args, world):
@@ -217,7 +218,8 @@ def setup(args, world):
         collectively(world, dp.restore, ckpt.extra, start_step)
     if rank == 0:
         os.makedirs(cfg.train.out_dir, exist_ok=True)
-    meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=versions(),
+    library_versions = versions()
+    meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=library_versions,
                 layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
                              "algorithm": cfg.comm.algorithm, "cuda_aware": cfg.comm.cuda_aware})
     # A resumed run keeps the record of the steps before it: its own file starts at its first step.
@@ -225,7 +227,8 @@ def setup(args, world):
     recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
                         enabled=cfg.train.timing, file_name=record_name)
     return Session(world, rank, size, cfg, data, model, optimizer, sampler, dp, timer, recorder, rng,
-                   val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None)
+                   val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,
+                   versions=library_versions)
 
 
 def print_banner(s, hosts):
@@ -235,7 +238,7 @@ def print_banner(s, hosts):
           f"{s.threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
           f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}, "
           f"compress {cfg.compress.name}")
-    print(f"MPI: {versions()['mpi_library']}")
+    print(f"MPI: {s.versions['mpi_library']}")
     slurm = os.environ.get("SLURM_NTASKS")
     if slurm and int(slurm) != s.size:
         print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {s.size} ranks")

@@ -82,7 +82,7 @@ class GPT:
             qkv, fc_attn = L.linear_forward(a, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])  # (N, 3C)
             y, att = L.attention_forward(qkv, B, T, n_head, mask)                                       # (N, C)
             o, proj = L.linear_forward(y, p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])       # (N, C)
-            x = x + o
+            x += o                                                           # residual (x is this forward's own array)
             m, ln2 = L.layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"])
             f, fc = L.linear_forward(m, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])               # (N, 4C)
             g, gelu = L.gelu_forward(f)
