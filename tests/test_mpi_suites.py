@@ -5,12 +5,12 @@ file, tests make all ranks agree before asserting (tests/mpi/conftest.py: `asser
 """
 import ast
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from trainutil import mpiexec
 
 MPI_DIR = Path(__file__).parent / "mpi"
 TIMEOUT_S = int(os.environ.get("HPCLM_MPI_TEST_TIMEOUT", "300"))
@@ -25,13 +25,6 @@ def _sizes(path):
 
 
 CASES = [(p, n) for p in sorted(MPI_DIR.glob("test_*.py")) for n in _sizes(p)]
-
-
-def mpiexec():
-    exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-    if exe is None:
-        pytest.fail("mpiexec not found: run the tests through jobscripts/test.sh, which installs MPICH")
-    return exe
 
 
 @pytest.mark.parametrize("path,nprocs", CASES, ids=[f"{p.stem}-n{n}" for p, n in CASES])

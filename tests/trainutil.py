@@ -48,7 +48,7 @@ def summary(run_dir):
 
 def mpiexec():
     exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-    assert exe is not None, "mpiexec not found"
+    assert exe is not None, "mpiexec not found: run the tests through jobscripts/test.sh, which installs MPICH"
     return exe
 
 
