@@ -148,12 +148,8 @@ def evaluate(model, tokens, offsets, block_size, rank, world, comm):
             total += model.loss(X.to_device(x), X.to_device(y)) * len(rows)
             count += len(rows)
     if world > 1:
-        total, count = comm.allreduce((total, count), op=_sum_pairs)
-    return total / count
-
-
-def _sum_pairs(a, b, _datatype=None):
-    return (a[0] + b[0], a[1] + b[1])
+        total, count = comm.allreduce(np.array([total, count]))      # element-wise sum over ranks
+    return float(total / count)
 
 
 # ------------------------------------------------------------------------------------------ setup
