@@ -68,14 +68,15 @@ class OptimConfig:
     momentum: float = 0.9        # for name = momentum
     nesterov: bool = False
     grad_clip: float = 1.0       # global-norm clip; 0 = off
+    freeze_variance_step: int = 0  # adamw: second moment frozen after this many updates (1-bit Adam); 0 = never
 
     def validate(self):
         if self.name not in ("sgd", "momentum", "adamw"):
             raise UserError(f"optim.name must be one of sgd, momentum, adamw; got {self.name!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise UserError(f"need 0 <= optim.min_lr <= optim.lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise UserError("optim.warmup_steps and optim.decay_steps must be >= 0")
+        if self.warmup_steps < 0 or self.decay_steps < 0 or self.freeze_variance_step < 0:
+            raise UserError("optim.warmup_steps, optim.decay_steps and optim.freeze_variance_step must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError("optim.beta1 and optim.beta2 must be in [0, 1)")
         if self.grad_clip < 0 or self.weight_decay < 0:

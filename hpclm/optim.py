@@ -93,7 +93,13 @@ class Momentum(Optimizer):
 
 
 class AdamW(Optimizer):
-    """Adam with bias correction; p -= lr * m_hat / (sqrt(v_hat) + eps)."""
+    """Adam with bias correction; p -= lr * m_hat / (sqrt(v_hat) + eps).
+
+    With cfg.freeze_variance_step = F > 0, v (and its bias correction) stop changing after update F:
+    1-bit Adam's frozen variance (Tang et al. 2021). The update is then linear in the gradient, so
+    an error-feedback compressor's delayed, bursty gradients add up to the uncompressed updates,
+    which Adam's per-coordinate normalisation by a moving v would not do. The state needs no flag:
+    the step count says whether v is frozen."""
 
     state_names = ("exp_avg", "exp_avg_sq")
 
@@ -104,12 +110,15 @@ class AdamW(Optimizer):
         m *= b1
         xp.multiply(grads, 1.0 - b1, out=tmp)
         m += tmp
-        v *= b2
-        xp.multiply(grads, grads, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
+        freeze = self.cfg.freeze_variance_step
+        t_v = min(self.t, freeze) if freeze else self.t     # updates that v has seen
+        if t_v == self.t:
+            v *= b2
+            xp.multiply(grads, grads, out=tmp)
+            tmp *= 1.0 - b2
+            v += tmp
         bias1 = 1.0 - b1 ** self.t
-        bias2 = 1.0 - b2 ** self.t
+        bias2 = 1.0 - b2 ** t_v
         xp.sqrt(v, out=tmp)
         tmp *= 1.0 / math.sqrt(bias2)
         tmp += eps                                             # sqrt(v_hat) + eps

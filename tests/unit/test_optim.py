@@ -103,8 +103,9 @@ def test_momentum_with_decoupled_weight_decay():
 
 # ---------------------------------------------------------------------------------------- AdamW
 
-def adamw_reference(flat, grads, b1, b2, eps, wd):
-    """torch.optim.AdamW, per tensor: p *= 1 - lr wd (2-D weights only); Adam step with bias correction."""
+def adamw_reference(flat, grads, b1, b2, eps, wd, freeze=0):
+    """torch.optim.AdamW, per tensor: p *= 1 - lr wd (2-D weights only); Adam step with bias correction.
+    freeze = F > 0: v and its bias correction stay as they were after update F (1-bit Adam)."""
     ref = per_tensor(flat)
     m = {k: np.zeros(s) for k, s in SHAPES}
     v = {k: np.zeros(s) for k, s in SHAPES}
@@ -113,9 +114,11 @@ def adamw_reference(flat, grads, b1, b2, eps, wd):
             if name in DECAYED:
                 ref[name] = ref[name] * (1 - lr * wd)
             m[name] = b1 * m[name] + (1 - b1) * gv
-            v[name] = b2 * v[name] + (1 - b2) * gv * gv
+            t_v = min(t, freeze) if freeze else t
+            if t_v == t:
+                v[name] = b2 * v[name] + (1 - b2) * gv * gv
             m_hat = m[name] / (1 - b1 ** t)
-            v_hat = v[name] / (1 - b2 ** t)
+            v_hat = v[name] / (1 - b2 ** t_v)
             ref[name] = ref[name] - lr * m_hat / (np.sqrt(v_hat) + eps)
     return ref, m, v
 
@@ -131,6 +134,27 @@ def test_adamw_as_pytorch(wd):
     assert_same(opt.state["exp_avg"], m)
     assert_same(opt.state["exp_avg_sq"], v)
     assert opt.t == STEPS
+
+
+@pytest.mark.parametrize("freeze", [1, 2])
+def test_adamw_frozen_variance(freeze):
+    """optim.freeze_variance_step: v stops at its value after update `freeze`; m and the rest go on."""
+    b1, b2, eps = 0.9, 0.95, 1e-3
+    opt, _ = make(AdamW, beta1=b1, beta2=b2, eps=eps, weight_decay=0.1, freeze_variance_step=freeze)
+    flat, grads = problem(5, grad_scale=1e-3)
+    ref, m, v = adamw_reference(flat, grads, b1, b2, eps, 0.1, freeze=freeze)
+    frozen_v = adamw_reference(flat, grads[:freeze], b1, b2, eps, 0.1)[2]
+    out = run_flat(opt, flat, grads)
+    assert_same(out, ref)
+    assert_same(opt.state["exp_avg_sq"], v)
+    assert_same(opt.state["exp_avg_sq"], frozen_v)
+    unfrozen, _ = make(AdamW, beta1=b1, beta2=b2, eps=eps, weight_decay=0.1)
+    assert not np.allclose(run_flat(unfrozen, flat, grads), out)
+
+
+def test_freeze_variance_step_is_checked():
+    with pytest.raises(UserError, match="freeze_variance_step"):
+        OptimConfig(freeze_variance_step=-1).validate()
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adamw"])
