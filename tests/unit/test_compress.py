@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hpclm.compress import REGISTRY, build, build_with_memory, ErrorFeedback
-from hpclm.compress import rng
+from hpclm.compress import rng, sparse_code
 from hpclm.compress.base import payload_nbytes
 from hpclm.compress.bits import pack_codes, pack_signs, unpack_codes, unpack_signs
 from hpclm.compress.memory import EF_AUTO, wants_memory
@@ -229,6 +229,73 @@ def test_sum_sparse_scatter_add():
                 (np.array([5, 7], np.float32), np.array([3, 4], np.int32))]
     assert np.array_equal(sum_sparse(payloads, 5, np.float32), [1, 0, 0, 7, 7])
 
+
+
+def sparse_case(n, k, seed=0, chunks=None):
+    """k ascending int32 indices out of n (only inside the given 65536-element chunks, if named)
+    and standard normal float32 values for them."""
+    r = np.random.default_rng([seed, n, k])
+    pool = np.arange(n) if chunks is None else np.concatenate([np.arange(c << 16, min(n, (c + 1) << 16)) for c in chunks])
+    idx = np.sort(r.choice(pool, k, replace=False)).astype(np.int32)
+    return r.standard_normal(k).astype(np.float32), idx
+
+
+def fp16_error_bound(values, scale):
+    """What float16 of values / scale, multiplied back in float32, may be off by: 2**-11 relative
+    (11 significant bits) where |v| / scale is in float16's normal range [2**-14, 2**15], times
+    (1 + 2**-11) for the two float32 roundings (divide, multiply); below it, half the subnormal
+    step (2**-25) times scale, so scale * 2**-24 covers both cases with room."""
+    return 2.0 ** -11 * (1 + 2.0 ** -11) * np.abs(values) + 2.0 ** -24 * scale
+
+
+@pytest.mark.parametrize("n,k,chunks", [
+    (1000, 10, None),                      # n < 65536: one chunk
+    (1000, 1000, None),
+    (65536, 65536, None),                  # density 1: one chunk holding 65536 elements
+    (200003, 2000, None),                  # n not a multiple of 65536: 4 chunks, the last short
+    (5 * 65536 + 17, 3000, [0, 3]),        # chunks 1, 2, 4 and 5 empty
+    (5 * 65536 + 17, 1, [5]),              # one element, in the short last chunk
+    (1000, 0, None),                       # k == 0
+    (0, 0, None),
+])
+def test_sparse_code_round_trip(n, k, chunks):
+    values, idx = sparse_case(n, k, chunks=chunks)
+    p = sparse_code.encode(values, idx, n)
+    v16, scale, local, counts = p
+    C = -(-n // 65536)
+    assert [a.dtype for a in p] == [np.float16, np.float32, np.uint16, np.int32]
+    assert [a.shape for a in p] == [(k,), (1,), (k,), (C,)]
+    assert payload_nbytes(p) == sparse_code.nbytes(k, n) == 4 * k + 4 + 4 * C
+    assert np.array_equal(counts, np.bincount(idx >> 16, minlength=C)) and np.array_equal(local, idx % 65536)
+    got_v, got_i = sparse_code.decode(p)
+    assert got_i.dtype == np.int64 and got_v.dtype == np.float32
+    assert np.array_equal(got_i, idx)
+    if k == 0:
+        assert scale[0] == 1 and got_v.size == 0
+        return
+    top = np.abs(values).max()
+    assert scale[0] == top / 2 ** 15 and np.abs(v16).max() == 2 ** 15           # the largest travels exactly
+    assert got_v[np.argmax(np.abs(values))] == values[np.argmax(np.abs(values))]
+    assert np.all(np.abs(got_v - values) <= fp16_error_bound(values, scale[0]))
+
+
+def test_sparse_code_wide_range_and_zeros():
+    """Magnitudes from max down to max * 2**-45: float16 normals (relative bound), subnormals and
+    flushed-to-zero ones (absolute bound); all-zero values travel with scale 1."""
+    n, k = 100000, 4000
+    r = np.random.default_rng(7)
+    _, idx = sparse_case(n, k)
+    values = (r.choice([-1, 1], k) * 3.0 * 2.0 ** -r.uniform(0, 45, k)).astype(np.float32)
+    p = sparse_code.encode(values, idx, n)
+    got_v, got_i = sparse_code.decode(p)
+    scale = p[1][0]
+    assert np.array_equal(got_i, idx)
+    assert np.all(np.abs(got_v - values) <= fp16_error_bound(values, scale))
+    normal = np.abs(values) >= scale * 2.0 ** -14
+    assert 0 < normal.sum() < k and np.any(got_v[~normal] == 0)                  # both regimes hit
+    zeros = sparse_code.encode(np.zeros(5, np.float32), idx[:5], n)
+    assert zeros[1][0] == 1 and not zeros[0].any()
+    assert np.array_equal(sparse_code.decode(zeros)[1], idx[:5]) and not sparse_code.decode(zeros)[0].any()
 
 def test_kmeans_error_bounded_and_exact_on_few_values():
     g = grad(10000)
