@@ -141,6 +141,7 @@ class CompressConfig:
     error_feedback: str = "auto"  # auto (on where the literature uses it) | on | off
     density: float = 0.01        # topk / randomk: fraction of elements sent
     topk_method: str = "exact"   # exact | sampled (DGC's threshold estimated from a sample)
+    sparse_format: str = "compact"  # topk / threshold: compact (fp16 + uint16: ~4 B/element) | plain (values + int32 indices)
     threshold: float = 1e-3      # threshold: send elements with |g| > threshold
     levels: int = 16             # qsgd: quantization levels s
     block: int = 256             # int8: elements per scale block
@@ -161,6 +162,8 @@ class CompressConfig:
             raise UserError(f"compress.density must be in (0, 1], got {self.density}")
         if self.topk_method not in ("exact", "sampled"):
             raise UserError(f"compress.topk_method must be exact or sampled, got {self.topk_method!r}")
+        if self.sparse_format not in ("compact", "plain"):
+            raise UserError(f"compress.sparse_format must be compact or plain, got {self.sparse_format!r}")
         for name in ("levels", "block", "rank"):
             if getattr(self, name) < 1:
                 raise UserError(f"compress.{name} must be >= 1, got {getattr(self, name)}")

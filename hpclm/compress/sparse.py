@@ -1,4 +1,5 @@
-"""Summing sparse payloads (topk / threshold) received from several ranks: scatter-add.
+"""Summing sparse payloads (topk / threshold, as (values, indices) pairs: the compressor's
+as_sparse(payload)) received from several ranks: scatter-add.
 NumPy: numpy.add.at (repeated indices accumulate); GPU: kernels/topk.cu scatter_add_v1."""
 from hpclm import xp as X
 from hpclm.compress.bits import on_gpu
@@ -14,7 +15,7 @@ def scatter_add(out, indices, values):
 
 
 def sum_sparse(payloads, n, dtype):
-    """Dense (n,) sum of (values, indices) payloads from every rank."""
+    """Dense (n,) sum of every rank's (values, indices) pair."""
     out = X.np.zeros(n, dtype=dtype)
     for values, indices in payloads:  # loop over ranks
         scatter_add(out, indices, values)

@@ -1,35 +1,26 @@
-"""`threshold` (Strom 2015): every element with |g| > cfg.threshold. Travels: values (c,) in the
-gradient dtype and indices (c,) int32, c = the count above threshold: c * (itemsize + 4) bytes,
-a size known only after compressing (payload_bytes(n, itemsize, count); without count, the worst
-case n). Aggregate: gather (variable-size: all-gather the counts first).
+"""`threshold` (Strom 2015): every element with |g| > cfg.threshold, c of them, a count known only
+after compressing. Travels (compress.sparse_format, as topk): "compact": float16 values / scale,
+the scale, uint16 chunk-local indices and the count per 65536-element chunk: 4c + 4 + 4 ceil(n/65536)
+bytes; "plain": values (c,) in the gradient dtype and indices (c,) int32: c * (itemsize + 4) bytes.
+payload_bytes(n, itemsize, count) (without count, the worst case c = n). Aggregate: gather
+(variable-size: all-gather the sizes first).
 """
 from hpclm import xp as X
-from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.topk import scatter
+from hpclm.compress.topk import SparseCompressor
 
 
-class Threshold(Compressor):
-    """payload = (values (c,), indices (c,) int32); c * (itemsize + 4) bytes."""
+class Threshold(SparseCompressor):
+    """payload: the c elements with |g| > threshold in cfg.sparse_format (SparseCompressor)."""
 
     name = "threshold"
-    aggregate = AGGREGATE_GATHER
 
     def __init__(self, cfg, rank=0):
+        super().__init__(cfg)
         self.threshold = cfg.threshold
 
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
-        idx = xp.flatnonzero(xp.abs(grad) > self.threshold).astype(xp.int32)
-        return (grad[idx], idx), Context(grad.size, grad.dtype)
-
-    def decompress(self, payload, ctx):
-        return scatter(payload[0], payload[1], ctx.n, ctx.dtype)
+        return self.sparse_payload(grad, xp.flatnonzero(xp.abs(grad) > self.threshold).astype(xp.int32))
 
     def payload_bytes(self, n, itemsize=4, count=None):
-        return (n if count is None else count) * (itemsize + 4)
-
-    def subtract_sent(self, acc, payload, ctx):
-        acc[payload[1]] = 0
-
-    def sent_indices(self, payload, ctx):
-        return payload[1]
+        return self.sparse_bytes(n if count is None else count, n, itemsize)

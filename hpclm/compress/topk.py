@@ -1,7 +1,10 @@
 """`topk`: the k = max(1, floor(density * n)) largest |g| (Aji & Heafield 2017; DGC, Lin et al. 2018).
 
-Travels: values (k,) in the gradient dtype and indices (k,) int32: k * (itemsize + 4) bytes.
-Aggregate: gather (index sets differ across ranks); the receiver scatter-adds every rank's payload.
+Travels (compress.sparse_format): "compact" (hpclm.compress.sparse_code): values / scale as float16
+(k,), the scale, uint16 indices within 65536-element chunks (k,) and the count per chunk:
+4k + 4 + 4 ceil(n/65536) bytes; "plain": values (k,) in the gradient dtype and indices (k,) int32:
+k * (itemsize + 4) bytes. Aggregate: gather (index sets differ across ranks); the receiver
+scatter-adds every rank's (values, indices) (as_sparse: decoded when compact).
 
 Selection is deterministic so that the CPU twin and the GPU radix-select agree on the set: all
 elements with |g| above the k-th largest magnitude t, then elements equal to t by lowest index.
@@ -15,7 +18,7 @@ and retried (3 times), then falls back to exact. The result equals the exact set
 differs (a partition of the small candidate set instead of all n).
 """
 from hpclm import xp as X
-from hpclm.compress import rng
+from hpclm.compress import rng, sparse_code
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
 
 
@@ -54,13 +57,52 @@ def select_topk_sampled(a, k, key, xp):
     return select_topk(a, k, xp)
 
 
-class TopK(Compressor):
-    """payload = (values (k,) dtype, indices (k,) int32); k * (itemsize + 4) bytes."""
+class SparseCompressor(Compressor):
+    """What topk and threshold share: a payload of kept (values, ascending indices) in
+    cfg.sparse_format, "compact" (sparse_code: 4k + 4 + 4 ceil(n/65536) bytes) or "plain" ((values
+    (k,) gradient dtype, indices (k,) int32): k * (itemsize + 4) bytes)."""
 
-    name = "topk"
     aggregate = AGGREGATE_GATHER
 
+    def __init__(self, cfg):
+        self.compact = cfg.sparse_format == "compact"
+
+    def sparse_payload(self, grad, idx):
+        """(payload, ctx) sending grad's elements at idx (ascending int32)."""
+        values = grad[idx]                                                   # (k,)
+        payload = sparse_code.encode(values, idx, grad.size) if self.compact else (values, idx)
+        return payload, Context(grad.size, grad.dtype)
+
+    def sparse_bytes(self, k, n, itemsize):
+        return sparse_code.nbytes(k, n) if self.compact else k * (itemsize + 4)
+
+    def as_sparse(self, payload):
+        """payload -> (values (k,), indices (k,) ascending): decoded (float32, int64) when compact."""
+        return sparse_code.decode(payload) if self.compact else payload
+
+    def decompress(self, payload, ctx):
+        return scatter(*self.as_sparse(payload), ctx.n, ctx.dtype)
+
+    def subtract_sent(self, acc, payload, ctx):
+        """Error feedback, fused: acc - D(payload). Plain: the sent entries zeroed; compact: the
+        decoded values subtracted, so the residual keeps their float16 rounding error."""
+        values, indices = self.as_sparse(payload)
+        if self.compact:
+            acc[indices] -= values
+        else:
+            acc[indices] = 0
+
+    def sent_indices(self, payload, ctx):
+        return self.as_sparse(payload)[1]
+
+
+class TopK(SparseCompressor):
+    """payload: the k largest |g| in cfg.sparse_format (SparseCompressor)."""
+
+    name = "topk"
+
     def __init__(self, cfg, rank=0):
+        super().__init__(cfg)
         self.density = cfg.density
         self.method = cfg.topk_method
         self.seed = cfg.seed
@@ -78,21 +120,10 @@ class TopK(Compressor):
         return select_topk(a, k, xp)
 
     def compress(self, grad, step=0):
-        idx = self.indices(grad, step)
-        return (grad[idx], idx), Context(grad.size, grad.dtype)
-
-    def decompress(self, payload, ctx):
-        return scatter(payload[0], payload[1], ctx.n, ctx.dtype)
+        return self.sparse_payload(grad, self.indices(grad, step))
 
     def payload_bytes(self, n, itemsize=4):
-        return topk_count(n, self.density) * (itemsize + 4)
-
-    def subtract_sent(self, acc, payload, ctx):
-        """Error feedback, fused: acc - D(payload) is acc with the sent entries zeroed."""
-        acc[payload[1]] = 0
-
-    def sent_indices(self, payload, ctx):
-        return payload[1]
+        return self.sparse_bytes(topk_count(n, self.density), n, itemsize)
 
 
 def scatter(values, indices, n, dtype):

@@ -14,8 +14,9 @@ How a bucket's payloads combine is the compressor's `aggregate`, turned into a *
                 topk, threshold, ...)    (8-byte aligned arrays): our allgather for equal sizes, MPI
                                          Allgatherv for unequal ones: (P-1) * payload_bytes(n) sent,
                                          the others' payloads received. Then decompress-and-sum in
-                                         rank order (sparse (values, indices) payloads: one bincount
-                                         scatter-add over all ranks), / P.
+                                         rank order (compressors with as_sparse, topk / threshold:
+                                         every rank's (values, indices) in one bincount
+                                         scatter-add), / P.
     vote        aggregate "sign_vote"    signSGD with majority vote, sharded like a parameter server
                 (signsgd: compressors    over all ranks (the data movement of DeepSpeed's 1-bit
                 with a bitwise           all-reduce): the B = ceil(n/8) bytes of packed signs are cut
@@ -71,7 +72,6 @@ from hpclm.parallel.data import DataParallel
 from hpclm.timing.timer import Timer
 
 STRATEGY = {"ef_sign": "onebit", "onebit": "onebit"}
-SPARSE = frozenset({"topk", "threshold"})     # payload = (values (k,), indices (k,) int): scatter-add
 _BY_AGGREGATE = {AGGREGATE_SUM: "allreduce", AGGREGATE_GATHER: "allgather",
                  AGGREGATE_SIGN_VOTE: "vote", AGGREGATE_LOW_RANK: "powersgd"}
 SIZES_KEY = "payload_sizes:mpi"              # counter key of the size exchange before an Allgatherv
@@ -191,11 +191,14 @@ def exchange_vote(comm, compressor, payload, n, algorithm="mpi"):
 
 # ------------------------------------------------------------------------------------ combining
 def combine_sum(compressor, payloads, ctx, out):
-    """out <- sum over ranks of decompress(payload_r) (rank order); sparse payloads scatter-add."""
+    """out <- sum over ranks of decompress(payload_r) (rank order); a compressor with
+    `as_sparse(payload) -> (values (k,), indices (k,))` (topk, threshold) scatter-adds them all at once."""
     xp = X.array_module(out)
-    if getattr(compressor, "name", "") in SPARSE and all(len(p) == 2 for p in payloads):
-        values = xp.concatenate([p[0] for p in payloads]).astype(out.dtype, copy=False)
-        index = xp.concatenate([p[1] for p in payloads]).astype(xp.int64, copy=False)
+    as_sparse = getattr(compressor, "as_sparse", None)
+    if as_sparse is not None:
+        pairs = [as_sparse(p) for p in payloads]
+        values = xp.concatenate([v for v, _ in pairs]).astype(out.dtype, copy=False)
+        index = xp.concatenate([i for _, i in pairs]).astype(xp.int64, copy=False)
         out[...] = xp.bincount(index, weights=values, minlength=ctx.n).astype(out.dtype, copy=False)
         return out
     out[...] = compressor.decompress(payloads[0], ctx)
@@ -498,7 +501,7 @@ def build_data_parallel(mpi_comm, model, cfg, timer=None):
                                   timer=timer, grad_scale=scale, warmup_steps=cfg.compress.warmup_steps)
 
 
-__all__ = ["STRATEGY", "SPARSE", "strategy_of", "average", "exchange_sum", "exchange_gather", "exchange_vote",
+__all__ = ["STRATEGY", "strategy_of", "average", "exchange_sum", "exchange_gather", "exchange_vote",
            "vote_layout", "combine_sum",
            "combine_vote", "pack", "unpack", "BucketJob", "CompressedDataParallel", "build_data_parallel",
            "gather_states"]

@@ -16,6 +16,7 @@ from hpclm.compress.signsgd import majority_vote
 from hpclm.compress.sparse import sum_sparse
 from hpclm.config import CompressConfig
 from hpclm.errors import UserError
+from hpclm.parallel.compressed import combine_sum
 
 SIZES = [0, 1, 7, 31, 32, 33, 1000, 4099]
 
@@ -57,6 +58,23 @@ def test_payload_bytes_match_nbytes_and_shape(name, n):
     assert np.isfinite(d).all()
 
 
+@pytest.mark.parametrize("name", ["topk", "threshold"])
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+@pytest.mark.parametrize("n", SIZES + [65536, 200003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_payload_bytes_both_formats(name, fmt, n, dtype):
+    g = grad(n, n).astype(dtype)
+    c = build(cfg(name, sparse_format=fmt, threshold=1.0))
+    p, ctx = c.compress(g)
+    k = c.as_sparse(p)[0].size
+    kw = {"count": k} if name == "threshold" else {}
+    assert payload_nbytes(p) == c.payload_bytes(n, itemsize=g.itemsize, **kw)
+    assert c.payload_bytes(n, itemsize=g.itemsize, **kw) == (4 * k + 4 + 4 * -(-n // 65536) if fmt == "compact"
+                                                             else k * (g.itemsize + 4))
+    d = c.decompress(p, ctx)
+    assert d.shape == (n,) and d.dtype == dtype
+
+
 def test_payload_byte_formulas():
     n = 1000
     k = 10
@@ -68,9 +86,13 @@ def test_payload_byte_formulas():
     assert build(cfg("terngrad")).payload_bytes(n) == 4 + 250
     assert build(cfg("signsgd")).payload_bytes(n) == 125
     assert build(cfg("ef_sign")).payload_bytes(n) == 129
-    assert build(cfg("topk", density=0.01)).payload_bytes(n) == k * 8
+    assert build(cfg("topk", density=0.01)).payload_bytes(n) == 4 * k + 4 + 4           # compact: one chunk
+    assert build(cfg("topk", density=0.01, sparse_format="plain")).payload_bytes(n) == k * 8
+    assert build(cfg("topk", density=0.01, sparse_format="plain")).payload_bytes(n, itemsize=8) == k * 12
+    assert build(cfg("topk", density=0.01)).payload_bytes(809856) == 4 * 8098 + 4 + 4 * 13
     assert build(cfg("randomk", density=0.01)).payload_bytes(n) == k * 4
-    assert build(cfg("threshold")).payload_bytes(n, count=7) == 56
+    assert build(cfg("threshold")).payload_bytes(n, count=7) == 28 + 4 + 4
+    assert build(cfg("threshold", sparse_format="plain")).payload_bytes(n, count=7) == 56
     assert build(cfg("kmeans", clusters=16)).payload_bytes(n) == 500 + 64
     assert build(cfg("kmeans", clusters=8)).payload_bytes(n) == 375 + 32
     assert powersgd_bytes((100, 30), 4, 4) == 130 * 4 * 4
@@ -187,19 +209,48 @@ def test_ef_sign_scale_is_mean_abs():
 
 
 @pytest.mark.parametrize("method", ["exact", "sampled"])
-def test_topk_keeps_k_largest(method):
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_topk_keeps_k_largest(method, fmt):
     g = grad(20000)
-    c, (v, i), d = roundtrip("topk", g, density=0.01, topk_method=method)
+    c, p, d = roundtrip("topk", g, density=0.01, topk_method=method, sparse_format=fmt)
+    v, i = c.as_sparse(p)
     k = 200
-    assert v.size == k and i.dtype == np.int32 and np.all(np.diff(i) > 0)
+    assert v.size == k and i.dtype == (np.int32 if fmt == "plain" else np.int64) and np.all(np.diff(i) > 0)
     assert set(i.tolist()) == set(np.argsort(-np.abs(g))[:k].tolist())
-    assert np.array_equal(d[i], g[i]) and np.count_nonzero(d) == k
+    assert np.array_equal(d[i], v) and np.count_nonzero(d) == k
+    if fmt == "plain":
+        assert np.array_equal(v, g[i])
+    else:
+        assert np.all(np.abs(v - g[i]) <= fp16_error_bound(g[i], p[1][0]))
 
 
-def test_topk_ties_by_lowest_index():
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_topk_ties_by_lowest_index(fmt):
     g = np.array([1, -3, 3, 0, 3, 2], np.float32)
-    _, (v, i), _ = roundtrip("topk", g, density=0.5)
-    assert i.tolist() == [1, 2, 4]
+    c, p, _ = roundtrip("topk", g, density=0.5, sparse_format=fmt)
+    assert c.as_sparse(p)[1].tolist() == [1, 2, 4]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_format_is_the_old_payload(dtype):
+    """sparse_format = "plain": exactly (values (k,) in the gradient dtype, int32 indices (k,) ascending)."""
+    g = grad(5000).astype(dtype)
+    top = np.sort(np.argsort(-np.abs(g))[:50]).astype(np.int32)
+    over = np.flatnonzero(np.abs(g) > 2.0).astype(np.int32)
+    for name, idx in (("topk", top), ("threshold", over)):
+        c = build(cfg(name, density=0.01, threshold=2.0, sparse_format="plain"))
+        p, _ = c.compress(g)
+        assert len(p) == 2 and p[0].dtype == dtype and p[1].dtype == np.int32
+        assert np.array_equal(p[0], g[idx]) and np.array_equal(p[1], idx)
+        assert c.as_sparse(p) is p
+        compact = build(cfg(name, density=0.01, threshold=2.0)).compress(g)[0]
+        assert [a.dtype for a in compact] == [np.float16, np.float32, np.uint16, np.int32]
+        assert np.array_equal(sparse_code.decode(compact)[1], idx)
+
+
+def test_sparse_format_validated():
+    with pytest.raises(UserError, match="compress.sparse_format must be compact or plain, got 'dense'"):
+        cfg("topk", sparse_format="dense")
 
 
 def test_randomk_shared_indices():
@@ -217,18 +268,23 @@ def test_randomk_shared_indices():
     assert np.allclose(total[c0.extra], (g0 + g1)[c0.extra]) and np.count_nonzero(total) == 100
 
 
-def test_threshold_selects_above():
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_threshold_selects_above(fmt):
     g = grad(5000) * np.float32(1e-3)
-    c, (v, i), d = roundtrip("threshold", g, threshold=1e-3)
+    c, p, d = roundtrip("threshold", g, threshold=1e-3, sparse_format=fmt)
+    v, i = c.as_sparse(p)
     assert np.array_equal(np.flatnonzero(np.abs(g) > 1e-3), i)
-    assert np.array_equal(d[i], g[i])
+    assert np.array_equal(d[i], v) and np.count_nonzero(d) == i.size
+    if fmt == "plain":
+        assert np.array_equal(v, g[i])
+    else:
+        assert np.all(np.abs(v - g[i]) <= fp16_error_bound(g[i], p[1][0]))
 
 
 def test_sum_sparse_scatter_add():
     payloads = [(np.array([1, 2], np.float32), np.array([0, 3], np.int32)),
                 (np.array([5, 7], np.float32), np.array([3, 4], np.int32))]
     assert np.array_equal(sum_sparse(payloads, 5, np.float32), [1, 0, 0, 7, 7])
-
 
 
 def sparse_case(n, k, seed=0, chunks=None):
@@ -340,23 +396,74 @@ def test_error_feedback_conserves_signal(name):
         prev = ef.residual.copy()
 
 
-def test_error_feedback_momentum_and_masking():
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_error_feedback_momentum_and_masking(fmt):
     n = 1000
-    c = cfg("topk", momentum_correction=True, factor_masking=True, momentum=0.5)
+    c = cfg("topk", momentum_correction=True, factor_masking=True, momentum=0.5, sparse_format=fmt)
     ef = build_with_memory(c, n, np.float32)
     g = grad(n)
     p1, _ = ef.compress(g)
-    sent1 = np.isin(np.arange(n), p1[1])
-    assert np.array_equal(p1[0], g[p1[1]])
+    v1, i1 = ef.as_sparse(p1)
+    sent1 = np.isin(np.arange(n), i1)
+    assert np.array_equal(i1, np.sort(np.argsort(-np.abs(g))[:10]))
+    if fmt == "plain":
+        assert np.array_equal(v1, g[i1]) and np.all(ef.residual[sent1] == 0)
     assert np.all(ef.velocity[sent1] == 0) and np.array_equal(ef.velocity[~sent1], g[~sent1])
-    assert np.all(ef.residual[sent1] == 0) and np.array_equal(ef.residual[~sent1], g[~sent1])
+    assert np.array_equal(ef.residual[sent1], g[sent1] - v1) and np.array_equal(ef.residual[~sent1], g[~sent1])
+    r1 = ef.residual.copy()
     p2, _ = ef.compress(g)
+    v2, i2 = ef.as_sparse(p2)
     # u = 0.5 u + g: g where masked, 1.5 g elsewhere; e += u
-    expect_acc = np.where(sent1, g, g + np.float32(1.5) * g)
-    assert np.allclose(p2[0], expect_acc[p2[1]])
+    expect_acc = r1 + np.where(sent1, g, np.float32(0.5) * g + g)
+    if fmt == "plain":
+        assert np.allclose(v2, expect_acc[i2])
+    else:
+        assert np.all(np.abs(v2 - expect_acc[i2]) <= fp16_error_bound(expect_acc[i2], p2[1][0]))
     off = build_with_memory(dataclasses.replace(c, factor_masking=False), n, np.float32)
     off.compress(g)
     assert np.count_nonzero(off.velocity) == n
+
+
+@pytest.mark.parametrize("name", ["topk", "threshold"])
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_error_feedback_residual_is_exact(name, fmt, dtype):
+    """e = acc - D(C(acc)) to the bit: the fused subtract_sent (plain: sent entries zeroed; compact:
+    decoded values subtracted, so their float16 rounding error stays in e)."""
+    n = 70000                                                  # two chunks
+    ef = build_with_memory(cfg(name, density=0.01, threshold=1.5, sparse_format=fmt), n, dtype)
+    assert isinstance(ef, ErrorFeedback)
+    for step in range(3):
+        g = grad(n, step).astype(dtype)
+        acc = ef.residual + g
+        p, ctx = ef.compress(g, step)
+        assert np.array_equal(ef.residual, acc - ef.decompress(p, ctx))
+        i = ef.sent_indices(p, ctx)
+        assert np.array_equal(i, ef.as_sparse(p)[1]) and i.size > 0
+        if fmt == "plain":
+            assert np.all(ef.residual[i] == 0)
+        else:
+            assert np.count_nonzero(ef.residual[i]) > i.size // 2
+
+
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_combine_sum_scatter_adds_through_error_feedback(monkeypatch, fmt):
+    """combine_sum takes its one-bincount path for a compressor with as_sparse, also wrapped in
+    ErrorFeedback (which forwards it): decompress is never called, and the sum of overlapping
+    payloads equals the sum of their decompressions."""
+    n, P = 70000, 3
+    base = grad(n, 99)
+    efs = [build_with_memory(cfg("topk", density=0.01, sparse_format=fmt), n, np.float32) for _ in range(P)]
+    parts = [ef.compress(base + np.float32(0.3) * grad(n, r)) for r, ef in enumerate(efs)]
+    expect = sum(ef.decompress(p, ctx) for ef, (p, ctx) in zip(efs, parts))
+    assert np.count_nonzero(expect) < sum(ef.as_sparse(p)[1].size for ef, (p, _) in zip(efs, parts))  # overlap
+
+    def no_decompress(payload, ctx):
+        raise AssertionError("combine_sum decompressed a sparse payload")
+
+    monkeypatch.setattr(efs[0].compressor, "decompress", no_decompress)
+    out = combine_sum(efs[0], [p for p, _ in parts], parts[0][1], np.empty(n, np.float32))
+    np.testing.assert_allclose(out, expect, rtol=1e-6, atol=0)
 
 
 def test_error_feedback_state_dict_roundtrip():
