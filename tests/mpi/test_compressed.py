@@ -6,8 +6,9 @@ alternative), DeepSpeed's 1-bit compressed all-reduce (worker and server error b
 several calls), PowerSGD (warm start, error feedback, two all-reduces). Byte counters equal each
 compressor's payload_bytes times the collective's volume.
 
-The compressors here are tiny local ones (the contract of hpclm.compress.base), so these tests do
-not depend on the registry; registry compressors are exercised where they exist."""
+The compressors here are tiny local ones (the contract of hpclm.compress.base), except topk and
+threshold: the registry's, in both wire formats (sparse_format compact and plain); the other registry
+compressors are exercised where they exist."""
 import numpy as np
 import pytest
 from conftest import assert_all
@@ -35,36 +36,6 @@ class Half(Compressor):
 
     def payload_bytes(self, n, itemsize=4):
         return 2 * n
-
-
-class TopK(Compressor):
-    name, aggregate = "topk", AGGREGATE_GATHER       # the name selects the scatter-add path
-
-    def __init__(self, k):
-        self.k = k
-
-    def compress(self, grad, step=0):
-        idx = np.sort(np.argsort(-np.abs(grad), kind="stable")[:self.k]).astype(np.int32)
-        return (grad[idx], idx), Context(grad.size, grad.dtype)
-
-    def decompress(self, payload, ctx):
-        out = np.zeros(ctx.n, ctx.dtype)
-        out[payload[1]] = payload[0]
-        return out
-
-    def payload_bytes(self, n, itemsize=4):
-        return self.k * (itemsize + 4)
-
-
-class Threshold(TopK):
-    name = "threshold"
-
-    def __init__(self, t):
-        self.t = t
-
-    def compress(self, grad, step=0):
-        idx = np.flatnonzero(np.abs(grad) > self.t).astype(np.int32)
-        return (grad[idx], idx), Context(grad.size, grad.dtype)
 
 
 class Dense8(Compressor):
@@ -109,6 +80,19 @@ def _align(b):
     return (b + 7) // 8 * 8
 
 
+def sparse(name, fmt, **kw):
+    """The registry's topk / threshold with sparse_format `fmt`."""
+    from hpclm import compress
+    from hpclm.config import CompressConfig
+    return compress.build(CompressConfig(name=name, sparse_format=fmt, **kw))
+
+
+def sparse_arrays(fmt, k, n):
+    """Bytes of each payload array for k kept float32 elements of n: compact (v16, scale, local,
+    counts per 65536-element chunk), plain (values, int32 indices)."""
+    return [2 * k, 4, 2 * k, 4 * -(-n // 65536)] if fmt == "compact" else [4 * k, 4 * k]
+
+
 # ------------------------------------------------------------------------------- per-bucket paths
 @pytest.mark.parametrize("algorithm", ["mpi", "ring"])
 def test_summable_allreduce(world, algorithm):
@@ -128,10 +112,14 @@ def test_summable_allreduce(world, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["mpi", "ring"])
-def test_gather_topk(world, algorithm):
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+@pytest.mark.parametrize("n,density", [(N, 0.05), (200003, 0.01)])        # 200003: 4 chunks, the last short
+def test_gather_topk(world, algorithm, fmt, n, density):
+    """Equals the sum of every rank's decompressed payload; each rank sends its payload_bytes, each
+    array padded to 8 bytes, to P-1 others."""
     P, r = world.Get_size(), world.Get_rank()
-    xs = inputs(P, seed=1)
-    comp = TopK(k=50)
+    xs = inputs(P, n=n, seed=1)
+    comp = sparse("topk", fmt, density=density)
     expect = sum(comp.decompress(*comp.compress(x)) for x in xs) / np.float32(P)
     before = C.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
@@ -140,27 +128,35 @@ def test_gather_topk(world, algorithm):
     assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
     key = "allgather:ring" if algorithm == "ring" else "allgather:mpi"
     sent, recv = bytes_of(before, after, key)
-    payload = comp.payload_bytes(N)                     # 50 * 8: both arrays already 8-byte aligned
+    arrays = sparse_arrays(fmt, int(density * n), n)
+    assert_all(world, sum(arrays) == comp.payload_bytes(n), f"{arrays} vs payload_bytes {comp.payload_bytes(n)}")
+    payload = sum(_align(b) for b in arrays)    # compact, n = N: 208 B of arrays travel as 224
     assert_all(world, (sent, recv) == ((P - 1) * payload, (P - 1) * payload), f"{key} bytes {(sent, recv)} vs {payload}")
     sizes = bytes_of(before, after, CP.SIZES_KEY)
-    assert_all(world, sizes == ((P - 1) * 3 * 8,) * 2, f"size exchange {sizes}")
+    assert_all(world, sizes == ((P - 1) * (len(arrays) + 1) * 8,) * 2, f"size exchange {sizes}")
+    if fmt == "compact" and n > N:          # 1 %: ~4 B per element vs 8 n (P-1)/P of an fp32 all-reduce
+        ratio = 2 * (P - 1) * 4 * n / P / sent
+        assert_all(world, ratio > 0.99 * 200 / P, f"topk 1 % only {ratio:.1f}x fewer bytes than fp32")
 
 
-def test_gather_variable_threshold(world):
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_gather_variable_threshold(world, fmt):
     P, r = world.Get_size(), world.Get_rank()
     xs = [x * (1 + i) for i, x in enumerate(inputs(P, seed=2))]      # rank i sends ~more elements
-    comp = Threshold(t=1.5)
+    comp = sparse("threshold", fmt, threshold=1.5)
     expect = sum(comp.decompress(*comp.compress(x)) for x in xs) / np.float32(P)
-    counts = [comp.compress(x)[0][0].size for x in xs]
+    counts = [comp.as_sparse(comp.compress(x)[0])[0].size for x in xs]
+    wire = [sum(_align(b) for b in sparse_arrays(fmt, c, N)) for c in counts]
     before = C.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp)
     after = C.counters.snapshot()
-    assert_all(world, len(set(counts)) > 1, f"sizes all equal {counts}")
+    assert_all(world, len(set(wire)) > 1, f"sizes all equal {counts}")
     assert_all(world, np.allclose(got, expect, rtol=1e-6, atol=1e-7), f"max |d| {np.abs(got - expect).max()}")
+    mine = sparse_arrays(fmt, counts[r], N)
+    assert_all(world, sum(mine) == comp.payload_bytes(N, count=counts[r]), f"{mine} vs payload_bytes")
     sent, recv = bytes_of(before, after, CP.ALLGATHERV_KEY)
-    mine = 2 * _align(4 * counts[r])
-    others = sum(2 * _align(4 * c) for i, c in enumerate(counts) if i != r)
-    assert_all(world, (sent, recv) == ((P - 1) * mine, others), f"allgatherv bytes {(sent, recv)} vs {((P - 1) * mine, others)}")
+    others = sum(w for i, w in enumerate(wire) if i != r)
+    assert_all(world, (sent, recv) == ((P - 1) * wire[r], others), f"allgatherv bytes {(sent, recv)} vs {((P - 1) * wire[r], others)}")
 
 
 def test_gather_dense_generic(world):
