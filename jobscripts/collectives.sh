@@ -8,7 +8,8 @@ OUT=results/collectives
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one core per rank; BLAS threads would oversubscribe
 ALGS=ring,recursive_doubling,rabenseifner,tree,hierarchical,auto
-for P in "${@:-2 4}"; do
+[ $# -gt 0 ] || set -- 2 4
+for P in "$@"; do
   # cost-model check: 3 x (per-P calibration, then ring/recursive doubling at 64 KiB..64 MiB)
   mkdir -p "$OUT/model-check"
   for k in 1 2 3; do

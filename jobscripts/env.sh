@@ -22,3 +22,9 @@ cd "$HPCLM_ROOT"
 # HPCLM_OVERSUBSCRIBED=1 to make waiting ranks yield (nanosleep): better for throughput of
 # oversubscribed test runs, but it adds ~0.1-1 ms latency per wait, so benchmarks leave it off.
 if [ "${HPCLM_OVERSUBSCRIBED:-0}" = "1" ]; then export MPIR_CVAR_ENABLE_HEAVY_YIELD=1; fi
+# MPICH moves intra-node messages of >= 8 KiB with its single-copy CMA protocol (process_vm_readv:
+# a system call and a handshake per message). On the development VM that costs more than the eager
+# shared-memory copy up to tens of KiB (8 KiB recursive doubling: 20.6 us with CMA, 10.9 us
+# without; results/collectives/README.md), so the eager path is kept up to 64 KiB. Only MPICH
+# reads this variable (a cluster's own MPI ignores it); set it before sourcing to override.
+export MPIR_CVAR_CH4_IPC_CMA_P2P_THRESHOLD="${MPIR_CVAR_CH4_IPC_CMA_P2P_THRESHOLD:-65536}"
