@@ -36,6 +36,9 @@ class Compressor:
     name = "base"
     aggregate = AGGREGATE_GATHER
 
+    def __init__(self, cfg=None, rank=0):
+        """Built as cls(cfg, rank) by the registry; compressors without parameters ignore both."""
+
     def compress(self, grad, step=0):
         """grad (n,) -> (payload: tuple of arrays, ctx: Context). `step` seeds any randomness so
         that ranks sharing a seed draw the same indices (randomk) and runs are reproducible."""

@@ -36,9 +36,6 @@ class BF16(Compressor):
     name = "bf16"
     aggregate = AGGREGATE_SUM
 
-    def __init__(self, cfg=None, rank=0):
-        self.cfg = cfg
-
     def compress(self, grad, step=0):
         return (to_bf16_bits(grad),), Context(grad.size, grad.dtype)
 

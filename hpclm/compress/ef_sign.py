@@ -33,9 +33,6 @@ class EFSign(Compressor):
     name = "ef_sign"
     aggregate = AGGREGATE_GATHER
 
-    def __init__(self, cfg=None, rank=0):
-        self.cfg = cfg
-
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
         n = grad.size

@@ -10,9 +10,6 @@ class FP16(Compressor):
     name = "fp16"
     aggregate = AGGREGATE_SUM
 
-    def __init__(self, cfg=None, rank=0):
-        self.cfg = cfg
-
     def compress(self, grad, step=0):
         return (grad.astype(X.array_module(grad).float16),), Context(grad.size, grad.dtype)
 

@@ -8,9 +8,6 @@ class NoCompression(Compressor):
     name = "none"
     aggregate = AGGREGATE_SUM
 
-    def __init__(self, cfg=None, rank=0):
-        self.cfg = cfg
-
     def compress(self, grad, step=0):
         return (grad,), Context(grad.size, grad.dtype)
 

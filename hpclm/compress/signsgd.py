@@ -27,9 +27,6 @@ class SignSGD(Compressor):
     name = "signsgd"
     aggregate = AGGREGATE_SIGN_VOTE
 
-    def __init__(self, cfg=None, rank=0):
-        self.cfg = cfg
-
     def compress(self, grad, step=0):
         return (pack_signs(grad),), Context(grad.size, grad.dtype)
 
