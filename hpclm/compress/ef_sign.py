@@ -33,11 +33,14 @@ class EFSign(Compressor):
     name = "ef_sign"
     aggregate = AGGREGATE_GATHER
 
+    def scale_of(self, grad):
+        """The magnitude every element is sent with: mean |g|."""
+        return mean_abs(grad)
+
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
-        n = grad.size
-        scale = xp.asarray([mean_abs(grad)], dtype=xp.float32)
-        return (pack_signs(grad), scale), Context(n, grad.dtype)
+        scale = xp.asarray([self.scale_of(grad)], dtype=xp.float32)          # (1,)
+        return (pack_signs(grad), scale), Context(grad.size, grad.dtype)
 
     def decompress(self, payload, ctx, out=None):
         packed, scale = payload

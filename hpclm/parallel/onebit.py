@@ -25,30 +25,20 @@ import numpy
 
 from hpclm import comm as C
 from hpclm import xp as X
-from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
+from hpclm.compress.base import AGGREGATE_GATHER, Context
+from hpclm.compress.ef_sign import EFSign
 from hpclm.parallel.compressed import _align, _region, pack, unpack
 
 
-class SignScale(Compressor):
-    """payload = (packed sign bits (ceil(k/8),) uint8, scale (1,) float32); D = scale * sign (0 -> +1)."""
+class SignScale(EFSign):
+    """EF-Sign's payload (packed sign bits (ceil(k/8),) uint8, scale (1,) float32; D = scale * sign,
+    0 -> +1) with DeepSpeed's scale ||x||_2 / sqrt(k) instead of mean |x|."""
 
     name = "sign_scale"
-    aggregate = AGGREGATE_GATHER
 
-    def compress(self, grad, step=0):
+    def scale_of(self, grad):
         xp = X.array_module(grad)
-        n = grad.size
-        scale = (xp.linalg.norm(grad) / numpy.sqrt(max(n, 1))).astype(xp.float32).reshape(1)
-        bits = xp.packbits(grad >= 0)
-        return (bits, scale), Context(n, grad.dtype)
-
-    def decompress(self, payload, ctx):
-        xp = X.array_module(payload[0])
-        signs = xp.unpackbits(payload[0], count=ctx.n).astype(ctx.dtype) * 2 - 1
-        return signs * payload[1].astype(ctx.dtype)[0]
-
-    def payload_bytes(self, n, itemsize=4):
-        return (n + 7) // 8 + 4
+        return float(xp.linalg.norm(grad)) / numpy.sqrt(max(grad.size, 1))
 
 
 def padded_size(n, P):
