@@ -152,6 +152,8 @@ class CompressConfig:
     momentum: float = 0.9        # DGC momentum factor
     seed: int = 0                # shared seed for randomized compressors (same on every rank)
     warmup_steps: int = 0        # average uncompressed for the first N steps (DGC / 1-bit Adam warm-up)
+    onebit_adam: bool = False    # 1-bit Adam: after warmup_steps, AdamW's momentum (not the gradient) goes
+                                 # through the 1-bit all-reduce (ef_sign/onebit, adamw, freeze_variance_step <= warmup_steps)
 
     def validate(self):
         if self.warmup_steps < 0:

@@ -99,9 +99,13 @@ class AdamW(Optimizer):
     1-bit Adam's frozen variance (Tang et al. 2021). The update is then linear in the gradient, so
     an error-feedback compressor's delayed, bursty gradients add up to the uncompressed updates,
     which Adam's per-coordinate normalisation by a moving v would not do. The state needs no flag:
-    the step count says whether v is frozen."""
+    the step count says whether v is frozen.
+
+    momentum_hook: None, or a callable run on m right after its update and before it is used
+    (1-bit Adam replaces m by its compressed average over the ranks there)."""
 
     state_names = ("exp_avg", "exp_avg_sq")
+    momentum_hook = None
 
     def _update(self, params, grads, lr):
         xp = X.array_module(params)
@@ -110,6 +114,8 @@ class AdamW(Optimizer):
         m *= b1
         xp.multiply(grads, 1.0 - b1, out=tmp)
         m += tmp
+        if self.momentum_hook is not None:
+            self.momentum_hook(m)
         freeze = self.cfg.freeze_variance_step
         t_v = min(self.t, freeze) if freeze else self.t     # updates that v has seen
         if t_v == self.t:

@@ -209,7 +209,7 @@ def setup(args, world):
                                len(data.val) - cfg.model.block_size)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
-    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer)   # compressed when compress.name != none
+    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer, optimizer=optimizer)   # compressed when compress.name != none
     if ckpt is not None:
         collectively(world, dp.restore, ckpt.extra, start_step)
     if rank == 0:

@@ -474,11 +474,19 @@ class CompressedDataParallel(_CompressedStrategy, DataParallel):
                 comp.load_state_dict(state)
 
 
-def build_data_parallel(mpi_comm, model, cfg, timer=None):
+def build_data_parallel(mpi_comm, model, cfg, timer=None, optimizer=None):
     """The data-parallel strategy for `cfg`: plain DataParallel for compress.name "none", else
-    CompressedDataParallel (per-bucket compressors with error feedback as configured), or
-    PowerSGDDataParallel for a low-rank compressor. Raises UserError for an unknown compressor."""
+    CompressedDataParallel (per-bucket compressors with error feedback as configured),
+    PowerSGDDataParallel for a low-rank compressor, or OneBitAdamDataParallel (which hooks into
+    `optimizer`) for compress.onebit_adam. Raises UserError for an unknown compressor."""
     name = cfg.compress.name
+    if cfg.compress.onebit_adam:
+        from hpclm.parallel.onebit_adam import OneBitAdamDataParallel, check_config
+        check_config(cfg)
+        if optimizer is None:
+            raise UserError("compress.onebit_adam: build_data_parallel needs the optimizer")
+        return OneBitAdamDataParallel(mpi_comm, model.grad_flat, cfg, optimizer, timer=timer,
+                                      grad_scale=1.0 / cfg.train.grad_accum)
     if name == "none":
         return DataParallel(mpi_comm, model.grad_flat, cfg.comm, timer=timer)
     from hpclm import compress
