@@ -18,6 +18,7 @@ from hpclm.config import Config  # noqa: E402
 from hpclm.optim import AdamW  # noqa: E402
 from hpclm.parallel.onebit import padded_size, simulate  # noqa: E402
 from hpclm.parallel.onebit_adam import OneBitAdamDataParallel  # noqa: E402
+from hpclm.timing.reader import read_run  # noqa: E402
 
 MPI_SIZES = (2, 3)
 N, WARMUP, STEPS = 203, 2, 6           # 203 elements in two buckets (bucket_mb below), 4 compressed steps
@@ -103,7 +104,11 @@ def test_train_resume_after_warmup(world):
     if world.Get_rank() == 0:
         (pa, oa, _), (pb, ob, _) = read_ckpt(root / "straight"), read_ckpt(root / "part")
         ok = np.array_equal(pa, pb) and all(np.array_equal(oa[k], ob[k]) for k in oa)
-    assert_all(world, ok, "the resumed run differs from the straight one")
+        times = read_run(root / "straight").times          # (steps, ranks) per region
+        ok = ok and np.all(times["compress"][1:] > 0) and np.all(times["comm"][1:] > 0) \
+            and np.all(times["optimizer"] > 0) and np.all(times["compress"][0] == 0)
+    assert_all(world, ok, "the resumed run differs from the straight one, or the regions are not "
+                          "compress/comm after the warm-up with a positive optimizer region")
 
 
 def test_bad_config_is_one_clear_error(world, capsys):
