@@ -44,6 +44,8 @@ STRATEGY maps a compressor name to a strategy other than its aggregate's (module
 `ef_sign` runs as the 1-bit compressed all-reduce of 1-bit Adam (the name "onebit" too, when the
 registry has no such compressor). Set STRATEGY["ef_sign"] = "allgather" for EF-SignSGD's plain
 gather of every rank's signs, STRATEGY["signsgd"] = "vote_allgather" for signSGD's old all-gather.
+`compress.onebit_adam` sends AdamW's momentum through the same 1-bit all-reduce instead
+(parallel/onebit_adam.py, built here by build_data_parallel).
 
 With one rank a compressor still compresses and decompresses (no communication), so its effect on
 the loss shows at P=1 too.
