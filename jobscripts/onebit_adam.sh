@@ -6,6 +6,7 @@
 # gradient-compressing ef_sign and none_frozen_v runs of results/compression_frozen_v
 # (FREEZE=200 bash jobscripts/compression_warmup.sh). Run those first. SEED=1 (or 2, ...) trains
 # with that train.seed instead of the recipe's 1337 (run names get a _seedN suffix; no analysis).
+# REFERENCE=1 also trains the uncompressed recipe with v frozen after W updates (none_frozen_vW).
 source "$(dirname "$0")/env.sh"
 NP="${NP:-4}"
 DATA="${DATA:-../shared/data/tinyshakespeare.txt}"
@@ -19,5 +20,12 @@ for w in ${WARMUPS:-200 100}; do
     --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}" --out "$run" | tee "$OUT/$name.log"
   cp "$run/summary.json" "$OUT/${name}_summary.json"
   dirs+=("$run")
+  if [ "${REFERENCE:-0}" = 1 ]; then
+    ref="none_frozen_v$w${SEED:+_seed$SEED}"
+    mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
+      --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}" --out "$RUNS/$ref" | tee "$OUT/$ref.log"
+    cp "$RUNS/$ref/summary.json" "$OUT/${ref}_summary.json"
+    dirs+=("$RUNS/$ref")
+  fi
 done
 [ -n "${SEED:-}" ] || hpclm analyze "${dirs[@]}" --plots "$OUT" --csv "$OUT/compression_onebit_adam.csv" | tee "$OUT/analyze.txt"
