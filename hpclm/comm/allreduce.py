@@ -93,9 +93,11 @@ def lookup(table, algorithm, what):
 
 
 def allreduce(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
-    """Reduce `sendbuf` over every rank of `comm` with `op` ("sum" | "average" | "max").
+    """Reduce `sendbuf` over every rank of `comm` with `op` ("sum" | "average" | "max", or a
+    callable in-place reduction (acc, other), see hpclm.comm.ops; "mpi" then runs as "ring").
 
     sendbuf: contiguous NumPy/CuPy array, same size and dtype on every rank (float16/32/64,
     int32/64). recvbuf: None (in place) or an array like sendbuf. Returns the result array.
     """
+    algorithm = ops.algorithm_for(op, algorithm, "ring")
     return lookup(ALLREDUCE, algorithm, "all-reduce")(comm, sendbuf, recvbuf, op)

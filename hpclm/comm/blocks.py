@@ -34,7 +34,7 @@ def reduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
     recvbuf None: in place, returns the view of sendbuf holding block r (the rest of sendbuf is
     left as scratch). Otherwise sendbuf is untouched and recvbuf (counts[r],) receives block r.
     """
-    impl = lookup({"ring": "ring", "mpi": "mpi"}, algorithm, "reduce_scatter")
+    impl = lookup({"ring": "ring", "mpi": "mpi"}, ops.algorithm_for(op, algorithm, "ring"), "reduce_scatter")
     ops.check(sendbuf, op)
     P, r = comm.Get_size(), comm.Get_rank()
     counts, starts = _blocks(sendbuf.size, P)
@@ -109,7 +109,7 @@ def reduce(comm, sendbuf, recvbuf=None, op="sum", root=0, algorithm="tree"):
     On other ranks the returned array's contents are unspecified (sendbuf may be overwritten
     when recvbuf is None).
     """
-    impl = lookup({"tree": "tree", "mpi": "mpi"}, algorithm, "reduce")
+    impl = lookup({"tree": "tree", "mpi": "mpi"}, ops.algorithm_for(op, algorithm, "tree"), "reduce")
     ops.check(sendbuf, op)
     P = comm.Get_size()
     work, deliver = buffers.prepare(sendbuf, recvbuf)

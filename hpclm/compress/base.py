@@ -35,6 +35,8 @@ class Compressor:
 
     name = "base"
     aggregate = AGGREGATE_GATHER
+    wire_sum = None   # AGGREGATE_SUM only: an in-place (acc, other) reduction of one payload array for
+                      # dtypes MPI cannot add (bf16 bits) or adds slowly (fp16); hpclm.comm.ops
 
     def __init__(self, cfg=None, rank=0):
         """Built as cls(cfg, rank) by the registry; compressors without parameters ignore both."""

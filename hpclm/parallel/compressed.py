@@ -122,12 +122,13 @@ def unpack(buf, counts, like):
 
 
 # ------------------------------------------------------------------------------------ exchanges
-def exchange_sum(comm, payload, algorithm="mpi"):
-    """Sum every payload array across ranks (in place where the array allows); returns the payload."""
+def exchange_sum(comm, payload, algorithm="mpi", op="sum"):
+    """Sum every payload array across ranks (in place where the array allows); returns the payload.
+    op: "sum", or a compressor's wire_sum (see hpclm.comm.ops)."""
     if _size(comm) == 1:
         return payload
     return tuple(C.allreduce(comm, a if a.flags.c_contiguous and a.ndim == 1 else a.reshape(-1).copy(),
-                             op="sum", algorithm=algorithm) for a in payload)
+                             op=op, algorithm=algorithm) for a in payload)
 
 
 def exchange_gather(comm, payload, algorithm="mpi"):
@@ -225,8 +226,8 @@ def combine_vote(compressor, payloads, ctx, out):
     return out
 
 
-def _summable(payload):
-    return all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload)
+def _summable(payload, compressor):
+    return getattr(compressor, "wire_sum", None) is not None or all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload)
 
 
 def average(comm, grad, compressor, step=0, algorithm="mpi", strategy=None, timer=None):
@@ -263,7 +264,7 @@ class BucketJob:
 
     def compress(self):
         self.payload, self.ctx = self.compressor.compress(self.grad, self.step)
-        if self.strategy == "allreduce" and not _summable(self.payload):
+        if self.strategy == "allreduce" and not _summable(self.payload, self.compressor):
             self.strategy = "allgather"
         elif self.strategy == "vote" and getattr(self.compressor, "majority_vote", None) is None:
             self.strategy = "vote_allgather"     # a ternary vote (0 on ties) does not fit in 1 bit
@@ -271,7 +272,7 @@ class BucketJob:
     def exchange(self, comm, algorithm):
         self.P = _size(comm)
         if self.strategy == "allreduce":
-            self.result = exchange_sum(comm, self.payload, algorithm)
+            self.result = exchange_sum(comm, self.payload, algorithm, op=getattr(self.compressor, "wire_sum", None) or "sum")
         elif self.strategy == "vote":
             self.result = exchange_vote(comm, self.compressor, self.payload, self.ctx.n, algorithm)
         elif self.strategy in ("allgather", "vote_allgather"):

@@ -312,7 +312,12 @@ def test_registry_compressors(world, name):
     else:
         expect = sum(comps[0].decompress(p, ctx) for p, ctx in parts) / np.float32(P)
     got = CP.average(world, xs[r].copy(), comps[r], step=3, strategy=None if name != "ef_sign" else "allgather")
-    assert_all(world, np.allclose(got, expect, rtol=1e-3, atol=1e-3), f"{name}: max |d| {np.abs(got - expect).max()}")
+    if name == "bf16":      # summed on the wire in bf16: one rounding (2^-8 relative) per ring step
+        bound = (P - 1) * 2.0 ** -8 * sum(np.abs(comps[0].decompress(p, ctx)) for p, ctx in parts) / P
+        ok = np.all(np.abs(got - expect) <= bound + 1e-7)
+    else:
+        ok = np.allclose(got, expect, rtol=1e-3, atol=1e-3)
+    assert_all(world, ok, f"{name}: max |d| {np.abs(got - expect).max()}")
 
 
 # ------------------------------------------------------------------------------- 1-bit all-reduce

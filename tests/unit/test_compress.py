@@ -485,3 +485,25 @@ def test_auto_memory_choice():
         assert wrapped == (name in EF_AUTO)
     assert wants_memory(cfg("int8", error_feedback="on")) and not wants_memory(cfg("topk", error_feedback="off"))
     assert EF_AUTO == {"ef_sign", "topk", "randomk", "threshold", "powersgd", "kmeans"}
+
+
+def test_wire_sums_round_the_float32_sum():
+    """bf16_sum / fp16_sum: the float32 sum of the two decoded payloads, rounded to nearest even
+    once (not an integer sum of the bits, not a half-precision addition)."""
+    from hpclm.compress.bf16 import bf16_sum, from_bf16_bits, to_bf16_bits
+    from hpclm.compress.fp16 import fp16_sum
+    a, b = grad(5000), grad(5000)[::-1].copy() * np.float32(3)
+    acc = to_bf16_bits(a)
+    exact = from_bf16_bits(acc) + from_bf16_bits(to_bf16_bits(b))               # float32 sum
+    bf16_sum(acc, to_bf16_bits(b))
+    got = from_bf16_bits(acc)
+    assert np.all(np.abs(got - exact) <= np.abs(exact) * 2.0 ** -8)
+    assert np.all(acc == to_bf16_bits(exact))
+    one, tie = to_bf16_bits(np.array([1.0], np.float32)), to_bf16_bits(np.array([2.0 ** -8], np.float32))
+    bf16_sum(one, tie)                                                         # 1 + 2^-8: a tie -> 1
+    assert from_bf16_bits(one)[0] == 1.0
+    h = a.astype(np.float16)
+    fp16_sum(h, b.astype(np.float16))
+    assert h.dtype == np.float16
+    assert np.array_equal(h, (a.astype(np.float16).astype(np.float32) + b.astype(np.float16).astype(np.float32))
+                          .astype(np.float16))
