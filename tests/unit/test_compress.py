@@ -488,10 +488,10 @@ def test_auto_memory_choice():
 
 
 def test_wire_sums_round_the_float32_sum():
-    """bf16_sum / fp16_sum: the float32 sum of the two decoded payloads, rounded to nearest even
+    """bf16_sum / add_halves (fp16's wire_sum): the float32 sum of the two decoded payloads, rounded to nearest even
     once (not an integer sum of the bits, not a half-precision addition)."""
     from hpclm.compress.bf16 import bf16_sum, from_bf16_bits, to_bf16_bits
-    from hpclm.compress.fp16 import fp16_sum
+    from hpclm.compress.half import add_halves
     a, b = grad(5000), grad(5000)[::-1].copy() * np.float32(3)
     acc = to_bf16_bits(a)
     exact = from_bf16_bits(acc) + from_bf16_bits(to_bf16_bits(b))               # float32 sum
@@ -503,7 +503,27 @@ def test_wire_sums_round_the_float32_sum():
     bf16_sum(one, tie)                                                         # 1 + 2^-8: a tie -> 1
     assert from_bf16_bits(one)[0] == 1.0
     h = a.astype(np.float16)
-    fp16_sum(h, b.astype(np.float16))
+    add_halves(h, b.astype(np.float16))
     assert h.dtype == np.float16
     assert np.array_equal(h, (a.astype(np.float16).astype(np.float32) + b.astype(np.float16).astype(np.float32))
                           .astype(np.float16))
+
+
+def test_half_conversions_equal_numpy_casts():
+    """hpclm.compress.half against NumPy's float16 casts: every half value decoded, and floats
+    around every rounding boundary (midpoints between halves, subnormals, overflow, inf, NaN) encoded."""
+    from hpclm.compress.half import float_to_half, half_to_float
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = every.astype(np.float32)
+        got = half_to_float(every)
+        assert np.all((got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want)))
+        finite = np.unique(want[np.isfinite(want)].astype(np.float64))
+        mids = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)       # exact ties, round to even
+        near = np.concatenate([np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))])
+        x = np.concatenate([mids, near, want, grad(20000) * np.float32(1e-6), grad(20000) * np.float32(3e4),
+                            np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65520, 65536, 1e9, 2.0 ** -25,
+                                      2.0 ** -26], np.float32)])
+        want16, got16 = x.astype(np.float16), float_to_half(x)
+    same = (want16.view(np.uint16) == got16.view(np.uint16)) | (np.isnan(want16) & np.isnan(got16))
+    assert got16.dtype == np.float16 and same.all(), x[~same][:5]
