@@ -51,9 +51,3 @@ class BF16(Compressor):
 
     def payload_bytes(self, n, itemsize=4):
         return 2 * n
-
-    def combine(self, a, b):
-        """The sum of two payloads, as a payload (the reduction operator for an all-reduce)."""
-        out = a[0].copy()
-        bf16_sum(out, b[0])
-        return (out,)

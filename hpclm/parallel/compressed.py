@@ -227,7 +227,8 @@ def combine_vote(compressor, payloads, ctx, out):
 
 
 def _summable(payload, compressor):
-    return getattr(compressor, "wire_sum", None) is not None or all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload)
+    return (getattr(compressor, "wire_sum", None) is not None
+            or all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload))
 
 
 def average(comm, grad, compressor, step=0, algorithm="mpi", strategy=None, timer=None):
@@ -272,7 +273,8 @@ class BucketJob:
     def exchange(self, comm, algorithm):
         self.P = _size(comm)
         if self.strategy == "allreduce":
-            self.result = exchange_sum(comm, self.payload, algorithm, op=getattr(self.compressor, "wire_sum", None) or "sum")
+            op = getattr(self.compressor, "wire_sum", None) or "sum"
+            self.result = exchange_sum(comm, self.payload, algorithm, op=op)
         elif self.strategy == "vote":
             self.result = exchange_vote(comm, self.compressor, self.payload, self.ctx.n, algorithm)
         elif self.strategy in ("allgather", "vote_allgather"):
