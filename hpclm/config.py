@@ -141,7 +141,8 @@ class CompressConfig:
     error_feedback: str = "auto"  # auto (on where the literature uses it) | on | off
     density: float = 0.01        # topk / randomk: fraction of elements sent
     topk_method: str = "exact"   # exact | sampled (DGC's threshold estimated from a sample)
-    sparse_format: str = "compact"  # topk / threshold: compact (fp16 + uint16: ~4 B/element) | plain (values + int32 indices)
+    sparse_format: str = "compact"  # topk / threshold wire: compact (fp16 + uint16, ~4 B/element)
+                                    # | plain (values + int32 indices)
     threshold: float = 1e-3      # threshold: send elements with |g| > threshold
     levels: int = 16             # qsgd: quantization levels s
     block: int = 256             # int8: elements per scale block
@@ -152,8 +153,9 @@ class CompressConfig:
     momentum: float = 0.9        # DGC momentum factor
     seed: int = 0                # shared seed for randomized compressors (same on every rank)
     warmup_steps: int = 0        # average uncompressed for the first N steps (DGC / 1-bit Adam warm-up)
-    onebit_adam: bool = False    # 1-bit Adam: after warmup_steps, AdamW's momentum (not the gradient) goes
-                                 # through the 1-bit all-reduce (ef_sign/onebit, adamw, freeze_variance_step <= warmup_steps)
+    onebit_adam: bool = False    # 1-bit Adam: after warmup_steps, AdamW's momentum (not the gradient)
+                                 # goes through the 1-bit all-reduce (needs ef_sign/onebit, adamw and
+                                 # 1 <= optim.freeze_variance_step <= warmup_steps)
 
     def validate(self):
         if self.warmup_steps < 0:

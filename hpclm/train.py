@@ -209,7 +209,8 @@ def setup(args, world):
                                len(data.val) - cfg.model.block_size)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
-    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer, optimizer=optimizer)   # compressed when compress.name != none
+    # compressed when compress.name != none; 1-bit Adam hooks into the optimizer
+    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer, optimizer=optimizer)
     if ckpt is not None:
         collectively(world, dp.restore, ckpt.extra, start_step)
     if rank == 0:

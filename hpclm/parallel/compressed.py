@@ -226,9 +226,8 @@ def combine_vote(compressor, payloads, ctx, out):
     return out
 
 
-def _summable(payload, compressor):
-    return (getattr(compressor, "wire_sum", None) is not None
-            or all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload))
+def _summable(payload):
+    return all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload)
 
 
 def average(comm, grad, compressor, step=0, algorithm="mpi", strategy=None, timer=None):
@@ -261,11 +260,12 @@ class BucketJob:
 
     def __init__(self, compressor, strategy, grad, step):
         self.compressor, self.strategy, self.grad, self.step = compressor, strategy, grad, step
+        self.wire_sum = getattr(compressor, "wire_sum", None)     # its own reduction op, if it has one
         self.P = 1
 
     def compress(self):
         self.payload, self.ctx = self.compressor.compress(self.grad, self.step)
-        if self.strategy == "allreduce" and not _summable(self.payload, self.compressor):
+        if self.strategy == "allreduce" and self.wire_sum is None and not _summable(self.payload):
             self.strategy = "allgather"
         elif self.strategy == "vote" and getattr(self.compressor, "majority_vote", None) is None:
             self.strategy = "vote_allgather"     # a ternary vote (0 on ties) does not fit in 1 bit
@@ -273,8 +273,7 @@ class BucketJob:
     def exchange(self, comm, algorithm):
         self.P = _size(comm)
         if self.strategy == "allreduce":
-            op = getattr(self.compressor, "wire_sum", None) or "sum"
-            self.result = exchange_sum(comm, self.payload, algorithm, op=op)
+            self.result = exchange_sum(comm, self.payload, algorithm, op=self.wire_sum or "sum")
         elif self.strategy == "vote":
             self.result = exchange_vote(comm, self.compressor, self.payload, self.ctx.n, algorithm)
         elif self.strategy in ("allgather", "vote_allgather"):

@@ -45,6 +45,7 @@ class OneBitAdamDataParallel(CompressedDataParallel):
                          timer=timer, grad_scale=grad_scale, strategy="onebit",
                          warmup_steps=cfg.compress.warmup_steps)
         self._compressing = False            # True from finish() to the optimizer step of a compressed step
+        self._spent = Timer()                # the exchange's regions, moved out of `optimizer` each step
         optimizer.momentum_hook = self.average_momentum
 
     def backward_hook(self, last_micro):
@@ -64,12 +65,12 @@ class OneBitAdamDataParallel(CompressedDataParallel):
         """AdamW's momentum hook: m (size,) <- its 1-bit compressed average over the ranks."""
         if not self._compressing:
             return
-        wire, spent = self.comm if self.world > 1 else None, Timer()
+        wire = self.comm if self.world > 1 else None
         for (lo, hi), comp in zip(self.buckets, self.compressors):
-            comp.allreduce(wire, m[lo:hi], algorithm=self.cfg.algorithm, timer=spent)
+            comp.allreduce(wire, m[lo:hi], algorithm=self.cfg.algorithm, timer=self._spent)
         self._compressing = False
+        regions = self._spent.collect()
         if self.timer:
-            regions = spent.collect()
             for region, seconds in regions.items():
                 self.timer.add(region, seconds)
             self.timer.add("optimizer", -sum(regions.values()))     # the loop times the step as `optimizer`
