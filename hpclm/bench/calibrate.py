@@ -33,7 +33,9 @@ from hpclm.bench.common import human_bytes, parse_sizes, print_table
 from hpclm import comm
 from hpclm.comm import costmodel
 from hpclm.comm.ops import combine
-from hpclm.comm.wire import Wire
+from hpclm.comm.wire import Wire, scratch
+from hpclm.errors import UserError
+from hpclm.parallel.agree import collectively
 
 SMALL = 1 << 10      # sizes <= this measure latency (alpha, t0)
 LARGE = 64 << 10     # sizes >= this measure bandwidth (beta, gamma)
@@ -64,45 +66,71 @@ def _partner(world):
     return rank ^ 1 if (rank ^ 1) < P else None            # an odd last rank sits out
 
 
-def measure_step(world, sizes, iters):
-    """One recursive-doubling step (float32, sum) with the partner, per size: Sendrecv, then reduce."""
+def step_probe(world, buf):
+    """fn() doing one recursive-doubling step (sum) of `buf` with the partner, as the algorithm
+    does it: Sendrecv into the shared receive scratch (comm.wire.scratch), then reduce into buf.
+    `bench collectives --calibrate` passes the buffer its algorithms run on, so the probe meets
+    the same cache contents as they do."""
     wire, partner = Wire(world, "calibrate"), _partner(world)
-    out = []
-    for nbytes in sizes:
-        buf = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
-        tmp = numpy.zeros_like(buf)
+    tmp = scratch(buf, buf.size)                                        # (n,)
 
-        def step():
-            if partner is not None:
-                wire.sendrecv(buf, partner, tmp, partner)
-                combine(buf, tmp, "sum")
-        out.append(_timed(world, step, iters))
-    return out
+    def step():
+        if partner is not None:
+            wire.sendrecv(buf, partner, tmp, partner)
+            combine(buf, tmp, "sum")
+    return step
+
+
+def reduce_probe(buf):
+    """fn() doing one local reduction buf += scratch (zeroed here, so buf keeps its values)."""
+    tmp = scratch(buf, buf.size)                                        # (n,)
+    tmp[:] = 0
+    return lambda: combine(buf, tmp, "sum")
+
+
+def per_step_call(rd_time, ring_time, P):
+    """Per-step time of a small all-reduce through the public entry point: the mean of recursive
+    doubling's time / log2(P) and ring's time / 2(P-1), the two step patterns."""
+    return (rd_time / max(P.bit_length() - 1, 1) + ring_time / (2 * (P - 1))) / 2
+
+
+def _zeros(nbytes):
+    return numpy.zeros(max(nbytes // 4, 1), numpy.float32)                  # (n,)
+
+
+def measure_step(world, sizes, iters):
+    return [_timed(world, step_probe(world, _zeros(n)), iters) for n in sizes]
 
 
 def measure_call(world, sizes, iters):
-    """Per-step time of our small all-reduces (the public entry point), per size: the mean of
-    recursive doubling's time / log2(P) and ring's time / 2(P-1), the two step patterns."""
-    P = world.Get_size()
     out = []
     for nbytes in sizes:
-        buf = numpy.zeros(max(nbytes // 4, 1), numpy.float32)
+        buf = _zeros(nbytes)
         rd = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="recursive_doubling"), iters)
         ring = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="ring"), iters)
-        out.append((rd / max(P.bit_length() - 1, 1) + ring / (2 * (P - 1))) / 2)
+        out.append(per_step_call(rd, ring, world.Get_size()))
     return out
 
 
 def measure_reduce(world, sizes, iters):
-    out = []
-    for nbytes in sizes:
-        a = numpy.zeros(nbytes // 4, numpy.float32)             # (n/4,) float32
-        b = numpy.ones_like(a)
-        out.append(_timed(world, lambda: combine(a, b, "sum"), iters))
-    return out
+    return [_timed(world, reduce_probe(_zeros(n)), iters) for n in sizes]
 
 
-def fit(sizes, step, call, reduce_sizes, reduce_times, P):
+SIZES_NEEDED = f"needs sizes <= {SMALL} B and two or more >= {LARGE} B"
+
+
+def sizes_suffice(sizes):
+    return any(n <= SMALL for n in sizes) and sum(n >= LARGE for n in sizes) >= 2
+
+
+def _sizes(text):
+    sizes = parse_sizes(text)
+    if not sizes_suffice(sizes):
+        raise UserError(f"hpclm bench calibrate {SIZES_NEEDED}")
+    return sizes
+
+
+def fit(sizes, step, call, reduce_sizes, reduce_times):
     """CostParams from the measurements (pure arithmetic; see the module docstring).
     step: per size; call: per size <= SMALL (recursive doubling all-reduce); reduce_*: >= LARGE."""
     small = [i for i, n in enumerate(sizes) if n <= SMALL]
@@ -125,20 +153,25 @@ def fit(sizes, step, call, reduce_sizes, reduce_times, P):
                                 gamma_large=gamma_large, cache_bytes=params.cache_bytes)
 
 
+def describe(params):
+    """One line: the fitted alpha, beta | beta_large, gamma | gamma_large and the threshold."""
+    gb = lambda x: 1 / x / 1e9 if x else math.inf  # noqa: E731
+    cache = "none" if params.cache_bytes is None else human_bytes(int(params.cache_bytes))
+    return (f"alpha = {params.alpha * 1e6:.2f} us, beta = 1/({gb(params.beta):.2f} GB/s) | "
+            f"1/({gb(params.beta_at(math.inf)):.2f} GB/s), gamma = 1/({gb(params.gamma):.2f} GB/s) | "
+            f"1/({gb(params.gamma_at(math.inf)):.2f} GB/s), threshold 2n > {cache}")
+
+
 def run(args):
     world = MPI.COMM_WORLD
     if world.Get_size() < 2:
-        print("hpclm bench calibrate needs at least 2 ranks (mpiexec -n 2 ...)")
-        return 2
-    sizes = parse_sizes(args.sizes)
-    if not any(n <= SMALL for n in sizes) or sum(n >= LARGE for n in sizes) < 2:
-        print(f"hpclm bench calibrate needs sizes <= {SMALL} B and two or more >= {LARGE} B")
-        return 2
+        raise UserError("hpclm bench calibrate needs at least 2 ranks (mpiexec -n 2 ...)")
+    sizes = collectively(world, _sizes, args.sizes)
     step = measure_step(world, sizes, args.iters)
     call = measure_call(world, [n for n in sizes if n <= SMALL], args.iters)
     big = [n for n in sizes if n >= LARGE]
     reduce_times = measure_reduce(world, big, args.iters)
-    params = fit(sizes, step, call, big, reduce_times, world.Get_size())
+    params = fit(sizes, step, call, big, reduce_times)
     if world.Get_rank() == 0:
         red = dict(zip(big, reduce_times))
         calls = dict(zip(sizes, call))
@@ -148,11 +181,7 @@ def run(args):
                 for n, s in zip(sizes, step)]
         print_table(rows, [("size", ""), ("small_step_us", ".1f"), ("step_us", ".1f"), ("reduce_us", ".1f"),
                            ("model_step_us", ".1f")])
-        gb = lambda x: 1 / x / 1e9 if x else math.inf  # noqa: E731
-        cache = "none" if params.cache_bytes is None else human_bytes(int(params.cache_bytes))
-        print(f"alpha = {params.alpha * 1e6:.2f} us, beta = 1/({gb(params.beta):.2f} GB/s) | 1/({gb(params.beta_large):.2f} GB/s), "
-              f"gamma = 1/({gb(params.gamma):.2f} GB/s) | 1/({gb(params.gamma_large):.2f} GB/s), "
-              f"threshold 2n > {cache}  (P={world.Get_size()}, medians of {args.iters}) -> {args.out}")
+        print(f"{describe(params)}  (P={world.Get_size()}, medians of {args.iters}) -> {args.out}")
         costmodel.save_params(args.out, params, world_size=world.Get_size(), sizes=sizes, step_s=step,
                               rd_call_s=call, reduce_sizes=big, reduce_s=reduce_times, statistic="median",
                               iters=args.iters, mpi_library=MPI.Get_library_version().split("\n")[0])

@@ -9,6 +9,13 @@ and the end of the call; a repetition's time is the max over ranks; the table re
 and median over repetitions. algbw = bytes / median time, busbw = algbw * 2(P-1)/P (nccl-tests).
 The buffer is all-reduced in place and holds zeros, so repeated sums cannot overflow; `--check`
 verifies every algorithm against MPI's Allreduce on rank-dependent data first.
+
+Cost model: from `--calibration FILE` (`hpclm bench calibrate`, run before), or with
+`--calibrate` fitted from calibration probes timed *in this sweep*: calibrate's point-to-point
+step and local reduction at every size join the round-robin beside the algorithms, so the
+calibration sees the same machine state (cache contents, load, the VM's speed of the moment) as
+the measurements it predicts; the fit (calibrate.fit) runs after the sweep, so `auto` still chooses with the calibration
+file or defaults it finds (comm.allreduce.cost_params) while the sweep runs.
 """
 import json
 import socket
@@ -23,10 +30,12 @@ import numpy
 from mpi4py import MPI
 
 from hpclm import comm
+from hpclm.bench import calibrate
 from hpclm.bench.common import human_bytes, parse_sizes, print_table, write_json
 from hpclm.comm import costmodel
 from hpclm.comm.allreduce import cost_params
 from hpclm.errors import UserError
+from hpclm.parallel.agree import collectively
 
 DEFAULT_ALGORITHMS = "ring,recursive_doubling,rabenseifner,tree,hierarchical"
 COLUMNS = [("size", ""), ("algorithm", ""), ("min_us", ".1f"), ("median_us", ".1f"), ("algbw_GBps", ".3f"),
@@ -43,6 +52,8 @@ def add_arguments(parser):
     parser.add_argument("--check", action="store_true", help="verify results against MPI's Allreduce first")
     parser.add_argument("--calibration", help="cost-model JSON from `hpclm bench calibrate` (default: "
                         "results/calibration.json if present, else model defaults)")
+    parser.add_argument("--calibrate", action="store_true", help="fit the cost model from calibration "
+                        "probes timed in this sweep (needs sizes <= 1K and >= 64K; adds ring and recursive_doubling)")
     parser.add_argument("--ranks-per-node", type=int, help="for the hierarchical model (default: all ranks)")
     parser.add_argument("--overlap", action="store_true", help="measure comm/compute overlap instead")
     parser.add_argument("--overlap-size", default="16M", help="all-reduce size for --overlap")
@@ -71,21 +82,43 @@ def check(world, algorithms, sizes, dtype, op):
     return failures
 
 
-def time_size(world, algorithms, nbytes, args):
-    """{algorithm: per-repetition times (max over ranks)} for one message size."""
+STEP, REDUCE = "probe:step", "probe:reduce"          # calibration probes timed beside the algorithms
+
+
+def time_size(world, algorithms, nbytes, args, calibrating=False):
+    """{name: per-repetition times (max over ranks)} for one message size, for every algorithm
+    and, when calibrating, the calibration probes on the same buffer, timed round-robin alike."""
     buf = _buffers(nbytes, args.dtype)
-    for name in algorithms:
+    calls = {name: (lambda name=name: comm.allreduce(world, buf, op=args.op, algorithm=name)) for name in algorithms}
+    if calibrating:
+        calls[STEP] = calibrate.step_probe(world, buf)
+        if nbytes >= calibrate.LARGE:
+            calls[REDUCE] = calibrate.reduce_probe(buf)
+    for fn in calls.values():
         for _ in range(args.warmup):
-            comm.allreduce(world, buf, op=args.op, algorithm=name)
-    local = numpy.zeros((len(algorithms), args.iters))                    # (A, iters) seconds
+            fn()
+    local = numpy.zeros((len(calls), args.iters))                         # (A, iters) seconds
     for it in range(args.iters):
-        for a, name in enumerate(algorithms):
+        for a, fn in enumerate(calls.values()):
             world.Barrier()
             t0 = time.perf_counter()
-            comm.allreduce(world, buf, op=args.op, algorithm=name)
+            fn()
             local[a, it] = time.perf_counter() - t0
     world.Allreduce(MPI.IN_PLACE, local, op=MPI.MAX)
-    return {name: local[a] for a, name in enumerate(algorithms)}
+    return {name: local[a] for a, name in enumerate(calls)}
+
+
+def fit_same_run(sizes, timings, P):
+    """(CostParams, record) from the probes' and the small all-reduces' medians of one sweep."""
+    med = [{name: statistics.median(t) for name, t in times.items()} for times in timings]
+    step = [m[STEP] for m in med]
+    call = [calibrate.per_step_call(m["recursive_doubling"], m["ring"], P)
+            for n, m in zip(sizes, med) if n <= calibrate.SMALL]
+    big = [n for n in sizes if n >= calibrate.LARGE]
+    reduce_times = [m[REDUCE] for n, m in zip(sizes, med) if n >= calibrate.LARGE]
+    record = {"how": "same run", "sizes": sizes, "step_s": step, "rd_call_s": call, "reduce_sizes": big,
+              "reduce_s": reduce_times, "statistic": "median"}
+    return calibrate.fit(sizes, step, call, big, reduce_times), record
 
 
 def rows_for_size(nbytes, times, P, params, ranks_per_node):
@@ -103,24 +136,48 @@ def rows_for_size(nbytes, times, P, params, ranks_per_node):
     return rows
 
 
-def run_sizes(world, args):
-    """(result dict, exit code) of the size sweep."""
+def setup_sizes(args, P):
+    """(algorithms, sizes, params, calibration record) from the arguments; UserError on bad ones.
+    params is None with --calibrate (fitted after the sweep)."""
     algorithms = ["mpi"] + [a for a in args.algorithms.split(",") if a and a != "mpi"]
     for name in algorithms:
         if name not in comm.ALGORITHMS:
             raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(comm.ALGORITHMS)}")
-    sizes, P = parse_sizes(args.sizes), world.Get_size()
-    params = costmodel.load_params(args.calibration, world_size=P) if args.calibration else cost_params()
+    sizes = parse_sizes(args.sizes)
+    if args.calibrate:
+        if args.calibration:
+            raise UserError("--calibrate fits the cost model in this run; drop --calibration FILE")
+        if P < 2 or not calibrate.sizes_suffice(sizes):
+            raise UserError(f"--calibrate needs 2 or more ranks and {calibrate.SIZES_NEEDED.removeprefix('needs ')}")
+        algorithms += [a for a in ("recursive_doubling", "ring") if a not in algorithms]
+        return algorithms, sizes, None, None
+    if args.calibration:
+        return algorithms, sizes, costmodel.load_params(args.calibration, world_size=P), {"how": args.calibration}
+    return algorithms, sizes, cost_params(), {"how": "$HPCLM_CALIBRATION, results/calibration.json or defaults"}
+
+
+def run_sizes(world, args):
+    """(result dict, exit code) of the size sweep."""
+    P = world.Get_size()
+    algorithms, sizes, params, calibration = collectively(world, setup_sizes, args, P)
+    if args.calibration:
+        comm.set_cost_params(params)                                   # `auto` chooses with it too
     if args.check:
         failures = check(world, algorithms, sizes, args.dtype, args.op)
         if world.Get_rank() == 0:
             print(f"# check: {'FAILED ' + ', '.join(failures) if failures else 'all results match MPI_Allreduce'}")
         if failures:
             return None, 1
+    timings = [time_size(world, algorithms, n, args, args.calibrate) for n in sizes]
+    if args.calibrate:
+        params, calibration = fit_same_run(sizes, timings, P)
+        if world.Get_rank() == 0:
+            print(f"# cost model fitted in this run: {calibrate.describe(params)}")
     rows = []
-    for nbytes in sizes:
-        rows += rows_for_size(nbytes, time_size(world, algorithms, nbytes, args), P, params, args.ranks_per_node)
-    return {"kind": "sizes", "params": asdict(params), "algorithms": algorithms, "rows": rows}, 0
+    for nbytes, times in zip(sizes, timings):
+        rows += rows_for_size(nbytes, {a: times[a] for a in algorithms}, P, params, args.ranks_per_node)
+    return {"kind": "sizes", "params": asdict(params), "calibration": calibration, "algorithms": algorithms,
+            "rows": rows}, 0
 
 
 def _compute(a, b, c, reps):
@@ -131,7 +188,7 @@ def _compute(a, b, c, reps):
 def run_overlap(world, args):
     """Compute alone, all-reduce alone, and both overlapped (iallreduce; compute; wait)."""
     algorithms = ["mpi"] + [x for x in args.algorithms.split(",") if x and x not in ("mpi", "hierarchical")]
-    nbytes = parse_sizes(args.overlap_size)[0]
+    nbytes = collectively(world, parse_sizes, args.overlap_size)[0]
     buf = _buffers(nbytes, args.dtype)
     a = numpy.random.default_rng(0).standard_normal((256, 256))          # (256, 256) float64
     c = numpy.empty_like(a)
@@ -197,7 +254,9 @@ def run(args):
     text = print_table(result["rows"], OVERLAP_COLUMNS if args.overlap else COLUMNS)
     if args.txt:
         Path(args.txt).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.txt).write_text(f"# {meta['command']}  (P={meta['P']}, {meta['host']}, {meta['date']})\n{text}\n")
+        model = (f"# cost model ({result['calibration']['how']}): "
+                 f"{calibrate.describe(costmodel.CostParams(**result['params']))}\n" if "params" in result else "")
+        Path(args.txt).write_text(f"# {meta['command']}  (P={meta['P']}, {meta['host']}, {meta['date']})\n{model}{text}\n")
     if args.json:
         write_json(args.json, {"meta": meta, **result})
     if args.h5:

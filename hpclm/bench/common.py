@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy
 
+from hpclm.errors import UserError
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -43,21 +45,31 @@ def write_json(path, obj):
 
 def parse_size(text):
     """'4', '8K', '16M', '1G' -> bytes (binary units)."""
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = text[-1] if text and text[-1] in _UNITS else ""
-    return int(text[: len(text) - len(unit)]) * _UNITS[unit]
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = body[-1] if body and body[-1] in _UNITS else ""
+    digits = body[: len(body) - len(unit)]
+    if not digits.isdigit():
+        raise UserError(f"not a size in bytes: {text!r} (e.g. 4, 8K, 16M, 1G)")
+    return int(digits) * _UNITS[unit]
 
 
 def parse_sizes(text):
-    """'4:64M' (powers of two from 4 B to 64 MiB) or a comma list '4,8K,16M' -> list of bytes."""
-    if ":" in text:
-        lo, hi = (parse_size(t) for t in text.split(":"))
-        out = []
-        while lo <= hi:
-            out.append(lo)
-            lo *= 2
-        return out
-    return [parse_size(t) for t in text.split(",") if t.strip()]
+    """A comma list of sizes and 'lo:hi' ranges (powers of two from lo to hi) -> list of bytes:
+    '4:64M', '4,8K,16M', '4,1K,64K:64M'."""
+    out = []
+    for item in (t for t in text.split(",") if t.strip()):
+        if ":" in item:
+            lo, hi = (parse_size(t) for t in item.split(":", 1))
+            if lo <= 0:
+                raise UserError(f"a size range starts above 0 bytes, not {item!r}")
+            while lo <= hi:
+                out.append(lo)
+                lo *= 2
+        else:
+            out.append(parse_size(item))
+    if not out:
+        raise UserError(f"no sizes in {text!r}")
+    return out
 
 
 def human_bytes(n):

@@ -130,7 +130,7 @@ def test_calibration_fit_and_world_size(tmp_path):
             c + n * (beta_l if large(n) else beta) + n * (gamma_l if large(n) else gamma) for n in sizes]
     call = [small_step + overhead] * 3                              # per-step time of small all-reduces
     reduce_times = [n * (gamma_l if large(n) else gamma) for n in big]
-    p = fit(sizes, step, call, big, reduce_times, 2)
+    p = fit(sizes, step, call, big, reduce_times)
     assert p.alpha == pytest.approx(c + overhead, rel=1e-6)
     assert (p.beta, p.beta_large) == (pytest.approx(beta), pytest.approx(beta_l))
     assert (p.gamma, p.gamma_large) == (pytest.approx(gamma), pytest.approx(gamma_l))
