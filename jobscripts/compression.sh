@@ -5,6 +5,7 @@
 #   NP=4 STEPS=2000 COMPRESSORS="none fp16 topk ..." OUT=results/compression jobscripts/compression.sh
 # STEPS=50 is a quick check that every compressor runs (the default sweep is 2000 steps each).
 source "$(dirname "$0")/env.sh"
+source jobscripts/char_run.sh
 NP="${NP:-4}"
 STEPS="${STEPS:-2000}"
 DATA="${DATA:-../shared/data/tinyshakespeare.txt}"
@@ -16,10 +17,8 @@ mkdir -p "$OUT" "$RUNS"
 dirs=()
 for name in $COMPRESSORS; do
   run="$RUNS/$name"
-  mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
-    --set compress.name="$name" --set train.max_steps="$STEPS" --set train.eval_interval="$EVAL" \
-    --set train.log_interval=$(( STEPS < 100 ? 10 : 100 )) ${EXTRA_SETS:-} --out "$run" | tee "$OUT/$name.log"
-  cp "$run/summary.json" "$OUT/${name}_summary.json"
+  char_run "$run" "$OUT" --set compress.name="$name" --set train.max_steps="$STEPS" \
+    --set train.eval_interval="$EVAL" --set train.log_interval=$(( STEPS < 100 ? 10 : 100 )) ${EXTRA_SETS:-}
   dirs+=("$run")
 done
 hpclm analyze "${dirs[@]}" --plots "$OUT" --csv "$OUT/compression.csv" | tee "$OUT/analyze.txt"

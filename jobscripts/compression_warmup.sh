@@ -10,6 +10,7 @@
 #   NAMES chooses the runs (default "topk ef_sign powersgd", with FREEZE also "none"); EXTRA_SETS adds
 #   --set options to every run; OUT and RUNS move the results and the run directories.
 source "$(dirname "$0")/env.sh"
+source jobscripts/char_run.sh
 NP="${NP:-4}"
 WARMUP="${WARMUP:-200}"
 FREEZE="${FREEZE:-0}"
@@ -25,10 +26,8 @@ mkdir -p "$OUT"
 dirs=(runs/compression/none)
 for name in $NAMES; do
   run="$RUNS/$name"; [ "$name" = none ] && run="$RUNS/none_frozen_v"   # not the baseline's name
-  mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
-    --set compress.name="$name" --set compress.warmup_steps="$WARMUP" \
-    --set optim.freeze_variance_step="$FREEZE" ${EXTRA_SETS:-} --out "$run" | tee "$OUT/$(basename "$run").log"
-  cp "$run/summary.json" "$OUT/$(basename "$run")_summary.json"
+  char_run "$run" "$OUT" --set compress.name="$name" --set compress.warmup_steps="$WARMUP" \
+    --set optim.freeze_variance_step="$FREEZE" ${EXTRA_SETS:-}
   dirs+=("$run")
 done
 hpclm analyze "${dirs[@]}" --plots "$OUT" --csv "$OUT/$(basename "$OUT").csv" | tee "$OUT/analyze.txt"

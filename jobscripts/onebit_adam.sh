@@ -9,6 +9,7 @@
 # NP=2 runs on 2 ranks (suffix _p2; no analysis).
 # REFERENCE=1 also trains the uncompressed recipe with v frozen after W updates (none_frozen_vW).
 source "$(dirname "$0")/env.sh"
+source jobscripts/char_run.sh
 NP="${NP:-4}"
 DATA="${DATA:-../shared/data/tinyshakespeare.txt}"
 OUT="${OUT:-results/compression_onebit_adam}"; RUNS="${RUNS:-runs/onebit_adam}"
@@ -17,16 +18,12 @@ dirs=(runs/compression/none runs/compression_frozen_v/none_frozen_v runs/compres
 for w in ${WARMUPS:-200 100}; do
   suffix="${SEED:+_seed$SEED}"; [ "$NP" = 4 ] || suffix="${suffix}_p$NP"
   name="onebit_adam_w$w$suffix"; run="$RUNS/$name"
-  mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
-    --set compress.name=ef_sign --set compress.onebit_adam=true --set compress.warmup_steps="$w" \
-    --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}" --out "$run" | tee "$OUT/$name.log"
-  cp "$run/summary.json" "$OUT/${name}_summary.json"
+  char_run "$run" "$OUT" --set compress.name=ef_sign --set compress.onebit_adam=true \
+    --set compress.warmup_steps="$w" --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}"
   dirs+=("$run")
   if [ "${REFERENCE:-0}" = 1 ]; then
     ref="none_frozen_v$w$suffix"
-    mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
-      --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}" --out "$RUNS/$ref" | tee "$OUT/$ref.log"
-    cp "$RUNS/$ref/summary.json" "$OUT/${ref}_summary.json"
+    char_run "$RUNS/$ref" "$OUT" --set optim.freeze_variance_step="$w" --set train.seed="${SEED:-1337}"
     dirs+=("$RUNS/$ref")
   fi
 done
