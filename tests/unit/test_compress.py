@@ -491,8 +491,9 @@ def test_wire_sums_round_the_float32_sum():
     """bf16_sum / add_halves (fp16's wire_sum): the float32 sum of the two decoded payloads, rounded to nearest even
     once (not an integer sum of the bits, not a half-precision addition)."""
     from hpclm.compress.bf16 import bf16_sum, from_bf16_bits, to_bf16_bits
-    from hpclm.compress.half import add_halves
-    a, b = grad(5000), grad(5000)[::-1].copy() * np.float32(3)
+    from hpclm.compress.half import CHUNK, add_halves
+    n = 2 * CHUNK + 77                                                         # both sum in chunks: two and a tail
+    a, b = grad(n), grad(n)[::-1].copy() * np.float32(3)
     acc = to_bf16_bits(a)
     exact = from_bf16_bits(acc) + from_bf16_bits(to_bf16_bits(b))               # float32 sum
     bf16_sum(acc, to_bf16_bits(b))
