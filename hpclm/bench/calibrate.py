@@ -123,10 +123,10 @@ def sizes_suffice(sizes):
     return any(n <= SMALL for n in sizes) and sum(n >= LARGE for n in sizes) >= 2
 
 
-def _sizes(text):
+def _sizes(text, iters):
     sizes = parse_sizes(text)
-    if not sizes_suffice(sizes):
-        raise UserError(f"hpclm bench calibrate {SIZES_NEEDED}")
+    if not sizes_suffice(sizes) or iters < 1:
+        raise UserError(f"hpclm bench calibrate {SIZES_NEEDED}, and --iters >= 1")
     return sizes
 
 
@@ -166,7 +166,7 @@ def run(args):
     world = MPI.COMM_WORLD
     if world.Get_size() < 2:
         raise UserError("hpclm bench calibrate needs at least 2 ranks (mpiexec -n 2 ...)")
-    sizes = collectively(world, _sizes, args.sizes)
+    sizes = collectively(world, _sizes, args.sizes, args.iters)
     step = measure_step(world, sizes, args.iters)
     call = measure_call(world, [n for n in sizes if n <= SMALL], args.iters)
     big = [n for n in sizes if n >= LARGE]

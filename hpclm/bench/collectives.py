@@ -136,14 +136,22 @@ def rows_for_size(nbytes, times, P, params, ranks_per_node):
     return rows
 
 
-def setup_sizes(args, P):
-    """(algorithms, sizes, params, calibration record) from the arguments; UserError on bad ones.
-    params is None with --calibrate (fitted after the sweep)."""
-    algorithms = ["mpi"] + [a for a in args.algorithms.split(",") if a and a != "mpi"]
+def algorithms_of(text, skip=()):
+    """["mpi", then the comma list's other names except `skip`]; UserError on an unknown name."""
+    algorithms = ["mpi"] + [a for a in text.split(",") if a and a != "mpi" and a not in skip]
     for name in algorithms:
         if name not in comm.ALGORITHMS:
             raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(comm.ALGORITHMS)}")
+    return algorithms
+
+
+def setup_sizes(args, P):
+    """(algorithms, sizes, params, calibration record) from the arguments; UserError on bad ones.
+    params is None with --calibrate (fitted after the sweep)."""
+    algorithms = algorithms_of(args.algorithms)
     sizes = parse_sizes(args.sizes)
+    if args.iters < 1 or args.warmup < 0:
+        raise UserError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
     if args.calibrate:
         if args.calibration:
             raise UserError("--calibrate fits the cost model in this run; drop --calibration FILE")
@@ -187,7 +195,7 @@ def _compute(a, b, c, reps):
 
 def run_overlap(world, args):
     """Compute alone, all-reduce alone, and both overlapped (iallreduce; compute; wait)."""
-    algorithms = ["mpi"] + [x for x in args.algorithms.split(",") if x and x not in ("mpi", "hierarchical")]
+    algorithms = collectively(world, algorithms_of, args.algorithms, skip=("hierarchical",))
     nbytes = collectively(world, parse_sizes, args.overlap_size)[0]
     buf = _buffers(nbytes, args.dtype)
     a = numpy.random.default_rng(0).standard_normal((256, 256))          # (256, 256) float64

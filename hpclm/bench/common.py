@@ -49,7 +49,7 @@ def parse_size(text):
     unit = body[-1] if body and body[-1] in _UNITS else ""
     digits = body[: len(body) - len(unit)]
     if not digits.isdigit():
-        raise UserError(f"not a size in bytes: {text!r} (e.g. 4, 8K, 16M, 1G)")
+        raise UserError(f"not a size: {text!r} (e.g. 4, 8K, 16M, 1G)")
     return int(digits) * _UNITS[unit]
 
 

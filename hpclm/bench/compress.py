@@ -13,7 +13,7 @@ import inspect
 import numpy as np
 
 from hpclm import xp as X
-from hpclm.bench.common import print_table, write_json
+from hpclm.bench.common import parse_sizes, print_table, write_json
 from hpclm.compress import REGISTRY, build
 from hpclm.compress.base import payload_nbytes
 from hpclm.config import CompressConfig
@@ -21,19 +21,14 @@ from hpclm.errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("--sizes", default="65536,1048576,16777216", help="comma list of element counts (K/M suffixes ok)")
+    p.add_argument("--sizes", default="64K,1M,16M", help="element counts: a comma list of counts and 'lo:hi' power-of-two "
+                   "ranges (K/M/G = 2^10/2^20/2^30)")
     p.add_argument("--compressors", default=",".join(REGISTRY), help="comma list of registry names")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (best is reported) after one warm-up")
     p.add_argument("--density", type=float, default=0.01)
     p.add_argument("--threshold", type=float, default=2.576, help="threshold compressor (~1%% of N(0,1) above)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-
-
-def parse_count(text):
-    text = text.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(text[:-1] if mult > 1 else text) * mult
 
 
 def best_time(fn, repeats):
@@ -53,7 +48,9 @@ def run(args):
     bad = [s for s in names if s not in REGISTRY]
     if bad:
         raise UserError(f"unknown compressor(s) {bad}; valid names: {', '.join(REGISTRY)}")
-    sizes = [parse_count(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = parse_sizes(args.sizes)
+    if min(sizes) < 1 or args.repeats < 1:
+        raise UserError(f"bench compress needs sizes >= 1 element and --repeats >= 1 (got {args.sizes!r}, {args.repeats})")
     rows = []
     for n in sizes:
         g = X.to_device(np.random.default_rng(0).standard_normal(n).astype(np.float32))

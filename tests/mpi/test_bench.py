@@ -74,13 +74,29 @@ def test_calibration_file_is_used(world, shared_dir):
     assert costmodel.CostParams(**result["params"]) == params and result["calibration"]["how"] == str(calib)
 
 
+def test_overlap_mode(world, shared_dir):
+    out = shared_dir / "overlap.json"
+    rc = bench("collectives", "--overlap", "--overlap-size", "64K", "--iters", "2", "--algorithms",
+               "ring,hierarchical,recursive_doubling", "--json", str(out))
+    assert_all(world, rc == 0, f"rc {rc}")
+    world.Barrier()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["algorithm"] for r in rows] == ["mpi", "ring", "recursive_doubling"]    # no non-blocking hierarchical
+    for r in rows:
+        assert r["serial_s"] == pytest.approx(r["comm_s"] + r["compute_s"]) and r["matmuls"] >= 1
+        assert r["hidden"] == pytest.approx((r["serial_s"] - r["both_s"]) / min(r["comm_s"], r["compute_s"]))
+
+
 @pytest.mark.parametrize("argv", [
     ["collectives", "--calibrate", "--sizes", "64K,128K"],                 # no size <= 1 KiB to fit alpha
     ["collectives", "--calibrate", "--calibration", "x.json", "--sizes", SIZES],
     ["collectives", "--sizes", "4,1X"],
     ["collectives", "--algorithms", "ring,bogus"],
     ["collectives", "--calibration", "/nonexistent/calibration.json"],
+    ["collectives", "--iters", "0"],
+    ["collectives", "--overlap", "--algorithms", "bogus"],
     ["calibrate", "--sizes", "64K,128K"],
+    ["calibrate", "--iters", "0"],
 ])
 def test_bad_arguments_are_one_error_on_every_rank(world, argv, capsys):
     rc = bench(*argv)
