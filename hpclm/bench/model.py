@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from hpclm import xp as X
 from hpclm.bench.common import print_table, write_json
 from hpclm.config import ModelConfig, OptimConfig
+from hpclm.errors import UserError
 from hpclm.model import GPT
 from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import build_optimizer
@@ -53,6 +54,9 @@ def flops_per_token(model):
 
 
 def run(args):
+    if min(args.steps, args.threads, args.batch_size) < 1:
+        raise UserError(f"bench model needs --steps, --threads and --batch-size >= 1 "
+                        f"(got {args.steps}, {args.threads}, {args.batch_size})")
     X.use(args.device)
     cfg = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                       n_head=args.n_head, n_embd=args.n_embd)
