@@ -65,6 +65,22 @@ class Compressor:
         """Restore what state_dict returned."""
 
 
+class SixteenBit(Compressor):
+    """What fp16 and bf16 share: payload = (encode(g) (n,) 16-bit,); 2 n bytes; summable on the
+    wire with the subclass's `wire_sum`. Subclasses set name, encode, decode and wire_sum (static)."""
+
+    aggregate = AGGREGATE_SUM
+
+    def compress(self, grad, step=0):
+        return (self.encode(grad),), Context(grad.size, grad.dtype)
+
+    def decompress(self, payload, ctx):
+        return self.decode(payload[0]).astype(ctx.dtype, copy=False)
+
+    def payload_bytes(self, n, itemsize=4):
+        return 2 * n
+
+
 def payload_nbytes(payload):
     """Bytes that actually travel for a payload (sum of its arrays' nbytes)."""
     return int(sum(a.nbytes for a in payload))

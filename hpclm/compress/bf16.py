@@ -9,7 +9,7 @@ each way, half of fp32's.
 import numpy
 
 from hpclm import xp as X
-from hpclm.compress.base import AGGREGATE_SUM, Compressor, Context
+from hpclm.compress.base import SixteenBit
 from hpclm.compress.half import CHUNK
 
 
@@ -42,18 +42,10 @@ def bf16_sum(acc, other):
         a[lo:lo + step] = to_bf16_bits(from_bf16_bits(a[lo:lo + step]) + from_bf16_bits(b[lo:lo + step]))
 
 
-class BF16(Compressor):
+class BF16(SixteenBit):
     """payload = (uint16 bf16 bits (n,),); 2 n bytes."""
 
     name = "bf16"
-    aggregate = AGGREGATE_SUM
+    encode = staticmethod(to_bf16_bits)
+    decode = staticmethod(from_bf16_bits)
     wire_sum = staticmethod(bf16_sum)
-
-    def compress(self, grad, step=0):
-        return (to_bf16_bits(grad),), Context(grad.size, grad.dtype)
-
-    def decompress(self, payload, ctx):
-        return from_bf16_bits(payload[0], ctx.dtype)
-
-    def payload_bytes(self, n, itemsize=4):
-        return 2 * n
