@@ -1,6 +1,7 @@
 """`hpclm bench collectives`: time each all-reduce algorithm next to MPI's own, with the cost
 model's prediction beside every measurement; `--overlap` measures a non-blocking all-reduce
-hidden behind computation instead.
+hidden behind host work instead (`--overlap-compute matmul`: busy cores; `sleep`: an idle host,
+as while a GPU computes).
 
 Run as `mpiexec -n P hpclm bench collectives [--sizes 4:64M] [--algorithms ring,...]`.
 Timing: per size, every algorithm is warmed up, then repetitions run round-robin over the
@@ -57,6 +58,8 @@ def add_arguments(parser):
     parser.add_argument("--ranks-per-node", type=int, help="for the hierarchical model (default: all ranks)")
     parser.add_argument("--overlap", action="store_true", help="measure comm/compute overlap instead")
     parser.add_argument("--overlap-size", default="16M", help="all-reduce size for --overlap")
+    parser.add_argument("--overlap-compute", choices=("matmul", "sleep"), default="matmul",
+                        help="--overlap's host work: matmuls (busy cores) or a sleep (idle host, as under a GPU kernel)")
     parser.add_argument("--txt", help="also write the table to this file (rank 0)")
     parser.add_argument("--json", help="write the results as JSON (rank 0)")
     parser.add_argument("--h5", help="write the results as HDF5 (rank 0)")
@@ -188,9 +191,18 @@ def run_sizes(world, args):
             "rows": rows}, 0
 
 
-def _compute(a, b, c, reps):
-    for _ in range(reps):
-        numpy.matmul(a, b, out=c)
+def compute_work(kind, seconds, per_matmul, a, c):
+    """(fn, description): host work lasting about `seconds`: `matmul` repeats a 256x256 product
+    (the host's cores are busy, as in CPU training), `sleep` sleeps (the host is idle, as while an
+    accelerator computes: what is left to measure is whether communication progresses meanwhile)."""
+    if kind == "sleep":
+        return (lambda: time.sleep(seconds)), f"sleep {seconds * 1e3:.2f} ms"
+    reps = max(1, int(seconds / per_matmul))
+
+    def matmuls():
+        for _ in range(reps):
+            numpy.matmul(a, a, out=c)
+    return matmuls, f"{reps} matmuls"
 
 
 def run_overlap(world, args):
@@ -201,21 +213,25 @@ def run_overlap(world, args):
     a = numpy.random.default_rng(0).standard_normal((256, 256))          # (256, 256) float64
     c = numpy.empty_like(a)
     t0 = time.perf_counter()
-    _compute(a, a, c, 20)
+    for _ in range(20):
+        numpy.matmul(a, a, out=c)
     per_matmul = world.allreduce((time.perf_counter() - t0) / 20, op=MPI.MAX)
     rows = []
     for name in algorithms:
         comm.allreduce(world, buf, op=args.op, algorithm=name)
-        t0 = time.perf_counter()
-        comm.allreduce(world, buf, op=args.op, algorithm=name)
-        reps = max(1, int(world.allreduce(time.perf_counter() - t0, op=MPI.MAX) / per_matmul))
+        once = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            comm.allreduce(world, buf, op=args.op, algorithm=name)
+            once.append(world.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        work, what = compute_work(args.overlap_compute, statistics.median(once), per_matmul, a, c)   # ~ as long as comm
         phases = {
             "comm_s": lambda: comm.iallreduce(world, buf, op=args.op, algorithm=name).wait(),
-            "compute_s": lambda: _compute(a, a, c, reps),
-            "both_s": lambda: (lambda req: (_compute(a, a, c, reps), req.wait()))(
+            "compute_s": work,
+            "both_s": lambda: (lambda req: (work(), req.wait()))(
                 comm.iallreduce(world, buf, op=args.op, algorithm=name)),
         }
-        row = {"algorithm": name, "size": human_bytes(nbytes), "bytes": nbytes, "matmuls": reps}
+        row = {"algorithm": name, "size": human_bytes(nbytes), "bytes": nbytes, "compute": what}
         for key, phase in phases.items():
             phase()
             times = []
@@ -228,10 +244,10 @@ def run_overlap(world, args):
         row["serial_s"] = row["comm_s"] + row["compute_s"]
         row["hidden"] = (row["serial_s"] - row["both_s"]) / min(row["comm_s"], row["compute_s"])
         rows.append(row)
-    return {"kind": "overlap", "rows": rows}, 0
+    return {"kind": "overlap", "compute": args.overlap_compute, "rows": rows}, 0
 
 
-OVERLAP_COLUMNS = [("algorithm", ""), ("size", ""), ("matmuls", "d"), ("compute_s", ".4f"), ("comm_s", ".4f"),
+OVERLAP_COLUMNS = [("algorithm", ""), ("size", ""), ("compute", ""), ("compute_s", ".4f"), ("comm_s", ".4f"),
                    ("serial_s", ".4f"), ("both_s", ".4f"), ("hidden", ".0%")]
 
 

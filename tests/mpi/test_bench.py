@@ -88,7 +88,7 @@ def test_overlap_mode(world, shared_dir):
     rows = json.loads(out.read_text())["rows"]
     assert [r["algorithm"] for r in rows] == ["mpi", "ring", "recursive_doubling"]    # no non-blocking hierarchical
     for r in rows:
-        assert r["serial_s"] == pytest.approx(r["comm_s"] + r["compute_s"]) and r["matmuls"] >= 1
+        assert r["serial_s"] == pytest.approx(r["comm_s"] + r["compute_s"]) and r["compute"].endswith("matmuls")
         assert r["hidden"] == pytest.approx((r["serial_s"] - r["both_s"]) / min(r["comm_s"], r["compute_s"]))
 
 
