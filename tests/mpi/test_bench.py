@@ -79,16 +79,17 @@ def test_calibration_file_is_used(world, shared_dir):
     assert costmodel.CostParams(**result["params"]) == params and result["calibration"]["how"] == str(calib)
 
 
-def test_overlap_mode(world, shared_dir):
+@pytest.mark.parametrize("work,label", [("matmul", "matmuls"), ("sleep", " ms")])
+def test_overlap_mode(world, shared_dir, work, label):
     out = shared_dir / "overlap.json"
-    rc = bench("collectives", "--overlap", "--overlap-size", "64K", "--iters", "2", "--algorithms",
-               "ring,hierarchical,recursive_doubling", "--json", str(out))
+    rc = bench("collectives", "--overlap", "--overlap-compute", work, "--overlap-size", "64K", "--iters", "2",
+               "--algorithms", "ring,hierarchical,recursive_doubling", "--json", str(out))
     assert_all(world, rc == 0, f"rc {rc}")
     world.Barrier()
     rows = json.loads(out.read_text())["rows"]
     assert [r["algorithm"] for r in rows] == ["mpi", "ring", "recursive_doubling"]    # no non-blocking hierarchical
     for r in rows:
-        assert r["serial_s"] == pytest.approx(r["comm_s"] + r["compute_s"]) and r["compute"].endswith("matmuls")
+        assert r["serial_s"] == pytest.approx(r["comm_s"] + r["compute_s"]) and r["compute"].endswith(label)
         assert r["hidden"] == pytest.approx((r["serial_s"] - r["both_s"]) / min(r["comm_s"], r["compute_s"]))
 
 
