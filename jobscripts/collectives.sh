@@ -22,7 +22,8 @@ for P in "$@"; do
   mpiexec -n "$P" hpclm bench calibrate --iters 30 --out "$OUT/calibration-n$P.json" | tee "$OUT/calibration-n$P.txt"
   mpiexec -n "$P" hpclm bench collectives --check --sizes 4:64M --iters 10 --algorithms "$ALGS" \
     --calibration "$OUT/calibration-n$P.json" \
-    --txt "$OUT/allreduce-n$P.txt" --json "$OUT/allreduce-n$P.json" --h5 "$OUT/allreduce-n$P.h5" > /dev/null
+    --txt "$OUT/allreduce-n$P.txt" --json "$OUT/allreduce-n$P.json" --h5 "$OUT/allreduce-n$P.h5" \
+    --plot "$OUT/allreduce-n$P.png" > /dev/null
   # overlap behind busy cores (matmuls), then behind an idle host (sleep, as while a GPU computes)
   mpiexec -n "$P" hpclm bench collectives --overlap --overlap-size 16M --iters 10 \
     --algorithms ring,recursive_doubling --txt "$OUT/overlap-n$P.txt" --json "$OUT/overlap-n$P.json" > /dev/null

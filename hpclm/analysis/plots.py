@@ -2,7 +2,9 @@
 
 - breakdown.png: stacked mean time per step of each region, one bar per run;
 - loss.png: loss against step, wall time and cumulative bytes sent per rank, one line per run;
-- step_time_<run>.png: heat map of step time per rank (rows) and step (columns), one per run.
+- step_time_<run>.png: heat map of step time per rank (rows) and step (columns), one per run;
+- all-reduce sweeps of `hpclm bench collectives` (`collectives`): median time and busbw against
+  message size per algorithm, the cost model's predictions dashed.
 """
 import numpy as np
 
@@ -102,3 +104,31 @@ def write_all(out_dir, records, summaries, skip_steps):
         paths.append(out_dir / f"step_time_{summary.name}.png")
         step_time_heatmap(paths[-1], record, summary, skip_steps)
     return paths
+
+
+def collectives(path, rows, title):
+    """rows: `hpclm bench collectives` size-sweep rows (bytes, algorithm, median_us, busbw_GBps,
+    model_us). Left: median time against size (log-log), model dashed in the same colour; right: busbw."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colors = plt.get_cmap("tab10").colors
+    for i, name in enumerate(dict.fromkeys(r["algorithm"] for r in rows)):
+        own = sorted((r for r in rows if r["algorithm"] == name), key=lambda r: r["bytes"])
+        sizes = np.array([r["bytes"] for r in own], dtype=float)
+        color = colors[i % len(colors)]
+        left.plot(sizes, [r["median_us"] for r in own], "o-", ms=3, color=color, label=name)
+        model = [(n, r["model_us"]) for n, r in zip(sizes, own) if r.get("model_us")]
+        if model and name != "mpi":
+            left.plot(*zip(*model), "--", color=color, lw=1, alpha=0.8)
+        right.plot(sizes, [r["busbw_GBps"] for r in own], "o-", ms=3, color=color, label=name)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("message size (bytes)")
+        ax.grid(True, which="major", alpha=0.3)
+    left.set_yscale("log")
+    left.set_ylabel("median time (us); dashed: cost model")
+    right.set_ylabel("busbw (GB/s) = algbw * 2(P-1)/P")
+    right.legend(fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title)
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)

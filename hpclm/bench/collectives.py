@@ -63,6 +63,7 @@ def add_arguments(parser):
     parser.add_argument("--txt", help="also write the table to this file (rank 0)")
     parser.add_argument("--json", help="write the results as JSON (rank 0)")
     parser.add_argument("--h5", help="write the results as HDF5 (rank 0)")
+    parser.add_argument("--plot", help="size sweep: write time and busbw against size as a PNG (rank 0)")
 
 
 def _buffers(nbytes, dtype):
@@ -285,4 +286,9 @@ def run(args):
         write_json(args.json, {"meta": meta, **result})
     if args.h5:
         write_h5(args.h5, result, {**meta, **({"params": result["params"]} if "params" in result else {})})
+    if args.plot and result["kind"] == "sizes":
+        from hpclm.analysis import plots
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plots.collectives(args.plot, result["rows"], f"all-reduce, P = {meta['P']}, {args.dtype} {args.op} "
+                                                     f"(cost model: {result['calibration']['how']})")
     return rc

@@ -31,12 +31,13 @@ def bench(*argv):
 
 
 def test_check_and_json(world, shared_dir):
-    P, out = world.Get_size(), shared_dir / "sweep.json"
+    P, out, png = world.Get_size(), shared_dir / "sweep.json", shared_dir / "sweep.png"
     algorithms = [a for a in ALGORITHMS if a != "mpi"]
     rc = bench("collectives", "--check", "--sizes", "4,5K,64K", "--iters", "2", "--warmup", "1",
-               "--algorithms", ",".join(algorithms), "--json", str(out))
+               "--algorithms", ",".join(algorithms), "--json", str(out), "--plot", str(png))
     assert_all(world, rc == 0, f"rc {rc}")
     world.Barrier()
+    assert png.stat().st_size > 1000
     rows = json.loads(out.read_text())["rows"]
     assert {(r["bytes"], r["algorithm"]) for r in rows} == {(n, a) for n in (4, 5120, 65536) for a in ALGORITHMS}
     for r in rows:
