@@ -15,8 +15,8 @@ Cost model: from `--calibration FILE` (`hpclm bench calibrate`, run before), or 
 `--calibrate` fitted from calibration probes timed *in this sweep*: calibrate's point-to-point
 step and local reduction at every size join the round-robin beside the algorithms, so the
 calibration sees the same machine state (cache contents, load, the VM's speed of the moment) as
-the measurements it predicts; the fit (calibrate.fit) runs after the sweep, so `auto` still chooses with the calibration
-file or defaults it finds (comm.allreduce.cost_params) while the sweep runs.
+the measurements it predicts; the fit (calibrate.fit) runs after the sweep, so `auto` still
+chooses with the calibration file or defaults it finds (comm.allreduce.cost_params) meanwhile.
 """
 import json
 import socket
@@ -59,7 +59,8 @@ def add_arguments(parser):
     parser.add_argument("--overlap", action="store_true", help="measure comm/compute overlap instead")
     parser.add_argument("--overlap-size", default="16M", help="all-reduce size for --overlap")
     parser.add_argument("--overlap-compute", choices=("matmul", "sleep"), default="matmul",
-                        help="--overlap's host work: matmuls (busy cores) or a sleep (idle host, as under a GPU kernel)")
+                        help="--overlap's host work: matmuls (busy cores) or a sleep (idle host, as under "
+                        "a GPU kernel)")
     parser.add_argument("--txt", help="also write the table to this file (rank 0)")
     parser.add_argument("--json", help="write the results as JSON (rank 0)")
     parser.add_argument("--h5", help="write the results as HDF5 (rank 0)")
@@ -225,7 +226,8 @@ def run_overlap(world, args):
             t0 = time.perf_counter()
             comm.allreduce(world, buf, op=args.op, algorithm=name)
             once.append(world.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-        work, what = compute_work(args.overlap_compute, statistics.median(once), per_matmul, a, c)   # ~ as long as comm
+        # host work about as long as the all-reduce
+        work, what = compute_work(args.overlap_compute, statistics.median(once), per_matmul, a, c)
         phases = {
             "comm_s": lambda: comm.iallreduce(world, buf, op=args.op, algorithm=name).wait(),
             "compute_s": work,
@@ -281,7 +283,8 @@ def run(args):
         Path(args.txt).parent.mkdir(parents=True, exist_ok=True)
         model = (f"# cost model ({result['calibration']['how']}): "
                  f"{calibrate.describe(costmodel.CostParams(**result['params']))}\n" if "params" in result else "")
-        Path(args.txt).write_text(f"# {meta['command']}  (P={meta['P']}, {meta['host']}, {meta['date']})\n{model}{text}\n")
+        header = f"# {meta['command']}  (P={meta['P']}, {meta['host']}, {meta['date']})\n"
+        Path(args.txt).write_text(f"{header}{model}{text}\n")
     if args.json:
         write_json(args.json, {"meta": meta, **result})
     if args.h5:

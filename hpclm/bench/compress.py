@@ -21,8 +21,8 @@ from hpclm.errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("--sizes", default="64K,1M,16M", help="element counts: a comma list of counts and 'lo:hi' power-of-two "
-                   "ranges (K/M/G = 2^10/2^20/2^30)")
+    p.add_argument("--sizes", default="64K,1M,16M", help="element counts: a comma list of counts and "
+                   "'lo:hi' power-of-two ranges (K/M/G = 2^10/2^20/2^30)")
     p.add_argument("--compressors", default=",".join(REGISTRY), help="comma list of registry names")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (best is reported) after one warm-up")
     p.add_argument("--density", type=float, default=0.01)
@@ -50,7 +50,8 @@ def run(args):
         raise UserError(f"unknown compressor(s) {bad}; valid names: {', '.join(REGISTRY)}")
     sizes = parse_sizes(args.sizes)
     if min(sizes) < 1 or args.repeats < 1:
-        raise UserError(f"bench compress needs sizes >= 1 element and --repeats >= 1 (got {args.sizes!r}, {args.repeats})")
+        raise UserError(f"bench compress needs sizes >= 1 element and --repeats >= 1 "
+                        f"(got {args.sizes!r}, {args.repeats})")
     rows = []
     for n in sizes:
         g = X.to_device(np.random.default_rng(0).standard_normal(n).astype(np.float32))

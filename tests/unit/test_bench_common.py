@@ -6,7 +6,8 @@ from hpclm.errors import UserError
 
 
 def test_units_and_ranges():
-    assert [parse_size(t) for t in ("4", "8K", "16M", "1G", "64KiB", "2kb")] == [4, 8192, 16 << 20, 1 << 30, 65536, 2048]
+    sizes = [parse_size(t) for t in ("4", "8K", "16M", "1G", "64KiB", "2kb")]
+    assert sizes == [4, 8192, 16 << 20, 1 << 30, 65536, 2048]
     assert parse_sizes("4:64") == [4, 8, 16, 32, 64]
     assert parse_sizes("4,1K,64K:256K") == [4, 1024, 65536, 131072, 262144]     # lists mix sizes and ranges
     assert parse_sizes("3,5") == [3, 5]
