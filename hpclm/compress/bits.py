@@ -8,8 +8,6 @@ import numpy
 
 from hpclm import xp as X
 
-# (256, 8): the eight signs (+1/-1) encoded by each byte, for unpacking by table lookup.
-SIGN_LUT = (1.0 - 2.0 * numpy.unpackbits(numpy.arange(256, dtype=numpy.uint8)[:, None], axis=1)).astype(numpy.float32)
 CHUNK = 1 << 18  # elements per chunk: temporaries stay in cache (a multiple of 8 and of common blocks)
 
 
@@ -39,7 +37,7 @@ def pack_signs(g):
 
 def unpack_signs(packed, n, scale=1.0, dtype=numpy.float32, out=None):
     """(ceil(n/8),) uint8 -> (n,) of +scale / -scale: the float bits are built directly,
-    (bit << 31) | bits(|scale|), which beats a (256, 8) table lookup (SIGN_LUT) by ~3x."""
+    (bit << 31) | bits(|scale|), which beats a (256, 8) table lookup by ~3x."""
     if on_gpu(packed):
         from hpclm.compress import cuda
         return cuda.sign_unpack(packed, n, scale, dtype)
@@ -59,20 +57,38 @@ def unpack_signs(packed, n, scale=1.0, dtype=numpy.float32, out=None):
     return out.astype(dtype, copy=False)
 
 
+WORDS = CHUNK // 8     # groups of eight codes per chunk in pack_codes / unpack_codes
+
+
 def pack_codes(codes, bits):
-    """(n,) uint8 codes < 2**bits -> (ceil(n*bits/8),) uint8, codes back to back, MSB first."""
+    """(n,) uint8 codes < 2**bits -> (ceil(n*bits/8),) uint8, codes back to back, MSB first.
+    Eight codes make one 8*bits-bit group: they are shifted into a uint64 word, and the word's top
+    `bits` bytes, big-endian, are the group's bytes (the last group zero-padded)."""
     if on_gpu(codes):
         from hpclm.compress import cuda
         return cuda.pack_codes(codes, bits)
     n = codes.size
     if bits == 8:
         return codes.astype(numpy.uint8)
-    if bits == 4:
+    if bits == 4:                                                           # two codes per byte
         c = numpy.zeros(n + (n & 1), numpy.uint8)
         c[:n] = codes
         return (c[0::2] << 4) | c[1::2]
-    planes = numpy.unpackbits(codes.astype(numpy.uint8)[:, None], axis=1)[:, 8 - bits:]
-    return numpy.packbits(planes.reshape(-1))
+    groups = -(-n // 8)
+    out = numpy.empty((groups, bits), numpy.uint8)                          # (groups, bits)
+    for lo in range(0, groups, WORDS):
+        hi = min(groups, lo + WORDS)
+        c = codes[8 * lo: 8 * hi]
+        if c.size < 8 * (hi - lo):                                          # the last, partial group
+            c = numpy.concatenate([c, numpy.zeros(8 * (hi - lo) - c.size, numpy.uint8)])
+        c = c.reshape(-1, 8)                                                # (g, 8)
+        word = c[:, 0].astype(numpy.uint64)                                 # (g,)
+        for j in range(1, 8):
+            word <<= numpy.uint64(bits)
+            word |= c[:, j]
+        word <<= numpy.uint64(64 - 8 * bits)                                # codes in the top 8*bits bits
+        out[lo:hi] = word.byteswap().view(numpy.uint8).reshape(-1, 8)[:, :bits]
+    return out.reshape(-1)[:packed_size(n, bits)]
 
 
 def unpack_codes(packed, n, bits):
@@ -87,8 +103,23 @@ def unpack_codes(packed, n, bits):
         numpy.right_shift(packed, 4, out=out[0::2])
         numpy.bitwise_and(packed, 15, out=out[1::2])
         return out[:n]
-    planes = numpy.unpackbits(packed)[: n * bits].reshape(n, bits)
-    return numpy.packbits(planes, axis=1).reshape(n) >> (8 - bits)
+    groups = -(-n // 8)
+    whole = numpy.zeros(groups * bits, numpy.uint8)
+    whole[:packed.size] = packed
+    whole = whole.reshape(groups, bits)                                     # (groups, bits)
+    out = numpy.empty((groups, 8), numpy.uint8)                             # (groups, 8)
+    word_bytes = numpy.zeros((min(groups, WORDS), 8), numpy.uint8)          # big-endian words
+    mask = numpy.uint64((1 << bits) - 1)
+    for lo in range(0, groups, WORDS):
+        hi = min(groups, lo + WORDS)
+        wb = word_bytes[: hi - lo]
+        wb[:, :bits] = whole[lo:hi]
+        word = wb.view(">u8").reshape(-1).astype(numpy.uint64)              # (g,)
+        word >>= numpy.uint64(64 - 8 * bits)
+        for j in range(7, -1, -1):                                          # the last code is the lowest
+            numpy.bitwise_and(word, mask, out=out[lo:hi, j], casting="unsafe")
+            word >>= numpy.uint64(bits)
+    return out.reshape(-1)[:n]
 
 
 def code_bits(count):

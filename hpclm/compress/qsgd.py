@@ -12,18 +12,27 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import code_bits, on_gpu, pack_codes, packed_size, unpack_codes
+from hpclm.compress.bits import CHUNK, code_bits, on_gpu, pack_codes, packed_size, unpack_codes
 
 
 def qsgd_codes(g, f, s, key):
-    """NumPy twin of qsgd_codes in kernels/quantize.cu: f = s / ||g|| (float32)."""
-    r = numpy.abs(g).astype(numpy.float32, copy=False) * numpy.float32(f)
-    r += rng.uniform(key, g.size, xp=numpy)
-    numpy.floor(r, out=r)
-    numpy.minimum(r, numpy.float32(s), out=r)
-    numpy.copysign(r, g, out=r)          # -0.0 + s == s: fine
-    r += numpy.float32(s)
-    return r.astype(numpy.uint8 if 2 * s < 256 else numpy.uint16)
+    """NumPy twin of qsgd_codes in kernels/quantize.cu: f = s / ||g|| (float32). In chunks of
+    CHUNK elements (the stream drawn at their offsets), so that the temporaries stay in cache."""
+    n = g.size
+    out = numpy.empty(n, numpy.uint8 if 2 * s < 256 else numpy.uint16)
+    r = numpy.empty(min(n, CHUNK), numpy.float32)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        t, gc = r[: hi - lo], g[lo:hi]
+        numpy.abs(gc, out=t, casting="same_kind")
+        t *= numpy.float32(f)                                                # |g| / ||g|| * s
+        t += rng.uniform(key, hi - lo, offset=lo, xp=numpy)
+        numpy.floor(t, out=t)
+        numpy.minimum(t, numpy.float32(s), out=t)
+        numpy.copysign(t, gc, out=t, casting="same_kind")                   # -0.0 + s == s: fine
+        t += numpy.float32(s)
+        out[lo:hi] = t
+    return out
 
 
 class QSGD(Compressor):

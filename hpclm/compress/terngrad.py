@@ -11,17 +11,29 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import on_gpu, pack_codes, packed_size, unpack_codes
+from hpclm.compress.bits import CHUNK, on_gpu, pack_codes, packed_size, unpack_codes
 
 
 def terngrad_codes(g, inv_m, key):
-    """NumPy twin of terngrad_codes in kernels/quantize.cu: inv_m = 1 / max|g| (float32)."""
-    p = numpy.abs(g).astype(numpy.float32, copy=False) * numpy.float32(inv_m)
-    keep = rng.uniform(key, g.size, xp=numpy) < p
-    codes = numpy.ones(g.size, numpy.uint8)
-    codes += keep & ~numpy.signbit(g)
-    codes -= keep & numpy.signbit(g)
-    return codes
+    """NumPy twin of terngrad_codes in kernels/quantize.cu: inv_m = 1 / max|g| (float32); code 2
+    for a kept positive, 0 for a kept negative (sign bit set), 1 otherwise. In chunks of CHUNK
+    elements (the stream drawn at their offsets), so that the temporaries stay in cache."""
+    n = g.size
+    out = numpy.empty(n, numpy.uint8)
+    p = numpy.empty(min(n, CHUNK), numpy.float32)
+    keep, negative = numpy.empty(min(n, CHUNK), numpy.bool_), numpy.empty(min(n, CHUNK), numpy.bool_)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        k, gc, o = hi - lo, g[lo:hi], out[lo:hi]
+        numpy.abs(gc, out=p[:k], casting="same_kind")
+        p[:k] *= numpy.float32(inv_m)                                        # |g| / max|g|
+        numpy.less(rng.uniform(key, k, offset=lo, xp=numpy), p[:k], out=keep[:k])
+        numpy.signbit(gc, out=negative[:k])
+        numpy.logical_and(keep[:k], negative[:k], out=negative[:k])          # kept and negative
+        numpy.add(keep[:k].view(numpy.uint8), numpy.uint8(1), out=o)         # kept: 2, else 1
+        numpy.subtract(o, negative[:k].view(numpy.uint8), out=o)
+        numpy.subtract(o, negative[:k].view(numpy.uint8), out=o)             # kept and negative: 0
+    return out
 
 
 class TernGrad(Compressor):

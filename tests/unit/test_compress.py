@@ -7,7 +7,7 @@ import pytest
 from hpclm.compress import REGISTRY, build, build_with_memory, ErrorFeedback
 from hpclm.compress import rng, sparse_code
 from hpclm.compress.base import payload_nbytes
-from hpclm.compress.bits import pack_codes, pack_signs, unpack_codes, unpack_signs
+from hpclm.compress.bits import CHUNK, pack_codes, pack_signs, unpack_codes, unpack_signs
 from hpclm.compress.memory import EF_AUTO, wants_memory
 from hpclm.compress.powersgd import (approximate, compute_p, compute_q, matrix_shape, orthogonalize,
                                      powersgd_bytes)
@@ -179,13 +179,14 @@ def test_signs_pack_like_packbits_and_unpack():
     assert np.array_equal(pack_signs(big), np.packbits(big < 0))
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
-def test_pack_codes_roundtrip(bits):
-    codes = np.random.default_rng(bits).integers(0, 1 << bits, 1003).astype(np.uint8)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1003, 3 * CHUNK + 5])        # partial groups, several chunks
+def test_pack_codes_roundtrip(bits, n):
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, n).astype(np.uint8)
     p = pack_codes(codes, bits)
-    assert p.size == (1003 * bits + 7) // 8
-    assert np.array_equal(unpack_codes(p, 1003, bits), codes)
-    ref = np.packbits(np.unpackbits(codes[:, None], axis=1)[:, 8 - bits:].ravel())
+    assert p.size == (n * bits + 7) // 8
+    assert np.array_equal(unpack_codes(p, n, bits), codes)
+    ref = np.packbits(np.unpackbits(codes[:, None], axis=1)[:, 8 - bits:].ravel())     # bit planes, MSB first
     assert np.array_equal(p, ref)
 
 
@@ -352,6 +353,30 @@ def test_sparse_code_wide_range_and_zeros():
     zeros = sparse_code.encode(np.zeros(5, np.float32), idx[:5], n)
     assert zeros[1][0] == 1 and not zeros[0].any()
     assert np.array_equal(sparse_code.decode(zeros)[1], idx[:5]) and not sparse_code.decode(zeros)[0].any()
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_nearest_codes_equal_searchsorted(dtype):
+    """The comparison count equals searchsorted on the midpoints (ties, NaN, both signs of zero,
+    values on a midpoint, several chunks)."""
+    from hpclm.compress.kmeans import nearest_codes
+    midpoints = grad(15)
+    midpoints[3] = midpoints[4] = np.float32(0.0)                               # a repeated midpoint
+    midpoints.sort()
+    g = grad(3 * CHUNK + 11).astype(dtype)
+    g[::97], g[1::89], g[2::83], g[3::79] = np.nan, -0.0, midpoints[7], np.inf
+    assert np.array_equal(nearest_codes(g, midpoints), np.searchsorted(midpoints, g).astype(np.uint8))
+
+
+@pytest.mark.parametrize("margin", [6, -1000])                                  # -1000: every cut falls short
+def test_randomk_indices_are_the_k_smallest_hashes(monkeypatch, margin):
+    from hpclm.compress import randomk, rng
+    monkeypatch.setattr(randomk, "MARGIN_SIGMAS", margin)
+    for n in (1, 10, 1000, 3 * CHUNK + 7):
+        h = rng.hash64(rng.stream_key(5, 3, 0), n)
+        for k in sorted({0, 1, n // 100, n // 2, n - 1, n}):
+            want = np.sort(np.argsort(h, kind="stable")[:k]).astype(np.int32)
+            assert np.array_equal(randomk.random_indices(n, k, 5, 3), want), (n, k)
+
 
 def test_kmeans_error_bounded_and_exact_on_few_values():
     g = grad(10000)
