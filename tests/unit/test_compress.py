@@ -225,6 +225,24 @@ def test_topk_keeps_k_largest(method, fmt):
         assert np.all(np.abs(v - g[i]) <= fp16_error_bound(g[i], p[1][0]))
 
 
+@pytest.mark.parametrize("case", ["normal", "zeros", "ties", "constant", "tiny", "heavy_tail"])
+def test_topk_sampled_selects_the_exact_set(case):
+    """DGC's sampled threshold (the default) returns select_topk's set, ties by lowest index, on data
+    that defeats the sample: mostly zeros, few distinct values, all equal, tiny n, a heavy tail."""
+    from hpclm.compress import rng
+    from hpclm.compress.topk import select_topk, select_topk_sampled
+    r = np.random.default_rng(7)
+    n = 5 if case == "tiny" else 50000
+    a = {"normal": r.standard_normal(n), "zeros": np.where(r.random(n) < 0.995, 0.0, r.random(n)),
+         "ties": r.integers(0, 4, n).astype(float), "constant": np.ones(n), "tiny": r.random(n),
+         "heavy_tail": r.standard_cauchy(n)}[case]
+    a = np.abs(a).astype(np.float32)
+    for k in sorted({1, 2, n // 1000, n // 100, n // 3, n - 1}):
+        for step in range(3):
+            got = select_topk_sampled(a, k, rng.stream_key(0, step, 0), np)
+            assert np.array_equal(np.sort(got), select_topk(a, k, np)), (case, k, step)
+
+
 @pytest.mark.parametrize("fmt", ["compact", "plain"])
 def test_topk_ties_by_lowest_index(fmt):
     g = np.array([1, -3, 3, 0, 3, 2], np.float32)
