@@ -29,7 +29,7 @@ import time
 import numpy
 from mpi4py import MPI
 
-from hpclm.bench.common import human_bytes, parse_sizes, print_table
+from hpclm.bench.common import human_bytes, parse_sizes, print_table, zeros_of
 from hpclm import comm
 from hpclm.comm import costmodel
 from hpclm.comm.ops import combine
@@ -94,18 +94,14 @@ def per_step_call(rd_time, ring_time, P):
     return (rd_time / max(P.bit_length() - 1, 1) + ring_time / (2 * (P - 1))) / 2
 
 
-def _zeros(nbytes):
-    return numpy.zeros(max(nbytes // 4, 1), numpy.float32)                  # (n,)
-
-
 def measure_step(world, sizes, iters):
-    return [_timed(world, step_probe(world, _zeros(n)), iters) for n in sizes]
+    return [_timed(world, step_probe(world, zeros_of(n)), iters) for n in sizes]
 
 
 def measure_call(world, sizes, iters):
     out = []
     for nbytes in sizes:
-        buf = _zeros(nbytes)
+        buf = zeros_of(nbytes)
         rd = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="recursive_doubling"), iters)
         ring = _timed(world, lambda: comm.allreduce(world, buf, op="sum", algorithm="ring"), iters)
         out.append(per_step_call(rd, ring, world.Get_size()))
@@ -113,7 +109,7 @@ def measure_call(world, sizes, iters):
 
 
 def measure_reduce(world, sizes, iters):
-    return [_timed(world, reduce_probe(_zeros(n)), iters) for n in sizes]
+    return [_timed(world, reduce_probe(zeros_of(n)), iters) for n in sizes]
 
 
 SIZES_NEEDED = f"needs sizes <= {SMALL} B and two or more >= {LARGE} B"

@@ -32,7 +32,7 @@ from mpi4py import MPI
 
 from hpclm import comm
 from hpclm.bench import calibrate
-from hpclm.bench.common import human_bytes, parse_sizes, print_table, write_json
+from hpclm.bench.common import human_bytes, parse_sizes, print_table, write_json, zeros_of
 from hpclm.comm import costmodel
 from hpclm.comm.allreduce import cost_params
 from hpclm.errors import UserError
@@ -67,11 +67,6 @@ def add_arguments(parser):
     parser.add_argument("--plot", help="size sweep: write time and busbw against size as a PNG (rank 0)")
 
 
-def _buffers(nbytes, dtype):
-    itemsize = numpy.dtype(dtype).itemsize
-    return numpy.zeros(max(nbytes // itemsize, 1), dtype=dtype)        # (n,)
-
-
 def check(world, algorithms, sizes, dtype, op):
     """Names of (algorithm, size) pairs whose result differs from MPI's Allreduce (all ranks agree)."""
     failures = []
@@ -93,7 +88,7 @@ STEP, REDUCE = "probe:step", "probe:reduce"          # calibration probes timed 
 def time_size(world, algorithms, nbytes, args, calibrating=False):
     """{name: per-repetition times (max over ranks)} for one message size, for every algorithm
     and, when calibrating, the calibration probes on the same buffer, timed round-robin alike."""
-    buf = _buffers(nbytes, args.dtype)
+    buf = zeros_of(nbytes, args.dtype)
     calls = {name: (lambda name=name: comm.allreduce(world, buf, op=args.op, algorithm=name)) for name in algorithms}
     if calibrating:
         calls[STEP] = calibrate.step_probe(world, buf)
@@ -211,7 +206,7 @@ def run_overlap(world, args):
     """Compute alone, all-reduce alone, and both overlapped (iallreduce; compute; wait)."""
     algorithms = collectively(world, algorithms_of, args.algorithms, skip=("hierarchical",))
     nbytes = collectively(world, parse_sizes, args.overlap_size)[0]
-    buf = _buffers(nbytes, args.dtype)
+    buf = zeros_of(nbytes, args.dtype)
     a = numpy.random.default_rng(0).standard_normal((256, 256))          # (256, 256) float64
     c = numpy.empty_like(a)
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Small helpers shared by benchmarks: a fixed-width text table, a JSON writer, size parsing."""
+"""Small helpers shared by benchmarks: a fixed-width text table, a JSON writer, size parsing,
+message buffers."""
 import json
 import sys
 from pathlib import Path
@@ -70,6 +71,11 @@ def parse_sizes(text):
     if not out:
         raise UserError(f"no sizes in {text!r}")
     return out
+
+
+def zeros_of(nbytes, dtype="float32"):
+    """A (max(nbytes // itemsize, 1),) array of zeros: a benchmark's message of about nbytes."""
+    return numpy.zeros(max(nbytes // numpy.dtype(dtype).itemsize, 1), dtype=dtype)
 
 
 def human_bytes(n):

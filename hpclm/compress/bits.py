@@ -11,6 +11,12 @@ from hpclm import xp as X
 CHUNK = 1 << 18  # elements per chunk: temporaries stay in cache (a multiple of 8 and of common blocks)
 
 
+def spans(n, size=CHUNK):
+    """(lo, hi) of consecutive slices of at most `size` elements covering range(n)."""
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
 def on_gpu(a):
     return X.device == "gpu" and not isinstance(a, numpy.ndarray)
 
@@ -27,8 +33,7 @@ def pack_signs(g):
     n = g.size
     out = numpy.empty(packed_size(n), numpy.uint8)
     tmp = numpy.empty(min(n, CHUNK), numpy.bool_)
-    for lo in range(0, n, CHUNK):
-        hi = min(n, lo + CHUNK)
+    for lo, hi in spans(n):
         t = tmp[: hi - lo]
         numpy.signbit(g[lo:hi], out=t)
         out[lo // 8: packed_size(hi)] = numpy.packbits(t)
@@ -46,8 +51,7 @@ def unpack_signs(packed, n, scale=1.0, dtype=numpy.float32, out=None):
         out = numpy.empty(n, numpy.float32)
     o32 = out.view(numpy.uint32)
     magnitude = numpy.float32(abs(scale)).view(numpy.uint32)
-    for lo in range(0, n, CHUNK):  # chunks stay in cache: unpack, widen, shift into the sign bit, or |scale|
-        hi = min(n, lo + CHUNK)
+    for lo, hi in spans(n):  # chunks stay in cache: unpack, widen, shift into the sign bit, or |scale|
         o = o32[lo:hi]
         numpy.copyto(o, numpy.unpackbits(packed[lo // 8: packed_size(hi)], count=hi - lo))
         numpy.left_shift(o, numpy.uint32(31), out=o)
@@ -76,8 +80,7 @@ def pack_codes(codes, bits):
         return (c[0::2] << 4) | c[1::2]
     groups = -(-n // 8)
     out = numpy.empty((groups, bits), numpy.uint8)                          # (groups, bits)
-    for lo in range(0, groups, WORDS):
-        hi = min(groups, lo + WORDS)
+    for lo, hi in spans(groups, WORDS):
         c = codes[8 * lo: 8 * hi]
         if c.size < 8 * (hi - lo):                                          # the last, partial group
             c = numpy.concatenate([c, numpy.zeros(8 * (hi - lo) - c.size, numpy.uint8)])
@@ -104,14 +107,14 @@ def unpack_codes(packed, n, bits):
         numpy.bitwise_and(packed, 15, out=out[1::2])
         return out[:n]
     groups = -(-n // 8)
-    whole = numpy.zeros(groups * bits, numpy.uint8)
-    whole[:packed.size] = packed
+    whole = packed[: groups * bits]
+    if whole.size < groups * bits:                                          # the last group is partial
+        whole = numpy.concatenate([whole, numpy.zeros(groups * bits - whole.size, numpy.uint8)])
     whole = whole.reshape(groups, bits)                                     # (groups, bits)
     out = numpy.empty((groups, 8), numpy.uint8)                             # (groups, 8)
     word_bytes = numpy.zeros((min(groups, WORDS), 8), numpy.uint8)          # big-endian words
     mask = numpy.uint64((1 << bits) - 1)
-    for lo in range(0, groups, WORDS):
-        hi = min(groups, lo + WORDS)
+    for lo, hi in spans(groups, WORDS):
         wb = word_bytes[: hi - lo]
         wb[:, :bits] = whole[lo:hi]
         word = wb.view(">u8").reshape(-1).astype(numpy.uint64)              # (g,)

@@ -7,7 +7,7 @@ import numpy
 
 from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu, pack_signs, packed_size, unpack_signs
+from hpclm.compress.bits import CHUNK, on_gpu, pack_signs, packed_size, spans, unpack_signs
 from hpclm.compress.signsgd import subtract_scaled_sign
 
 
@@ -20,9 +20,9 @@ def mean_abs(g):
         return float(X.array_module(g).abs(g).sum(dtype="float64")) / n
     tmp = numpy.empty(min(n, CHUNK), g.dtype)
     total = 0.0
-    for lo in range(0, n, CHUNK):
-        t = tmp[: min(n, lo + CHUNK) - lo]
-        numpy.abs(g[lo: lo + CHUNK], out=t)
+    for lo, hi in spans(n):
+        t = tmp[: hi - lo]
+        numpy.abs(g[lo:hi], out=t)
         total += float(t.sum(dtype=numpy.float64))
     return total / n
 

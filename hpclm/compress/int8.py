@@ -7,16 +7,15 @@ Aggregate: gather (scales differ across ranks). GPU: kernels/quantize.cu (int8_q
 import numpy
 
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import on_gpu
+from hpclm.compress.bits import on_gpu, spans
 
 
 CHUNK_ELEMS = 1 << 18  # elements per chunk (rounded to whole blocks): temporaries stay in L2
 
 
 def _chunks(n, block):
-    step = max(block, CHUNK_ELEMS // block * block)
-    for lo in range(0, n, step):
-        yield lo, min(n, lo + step)
+    """spans of about CHUNK_ELEMS elements, cut at block boundaries."""
+    return spans(n, max(block, CHUNK_ELEMS // block * block))
 
 
 def _blockwise(op, x, per_block, out, block):

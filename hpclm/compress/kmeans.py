@@ -12,7 +12,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, pack_codes, packed_size, unpack_codes
+from hpclm.compress.bits import CHUNK, pack_codes, packed_size, spans, unpack_codes
 
 SAMPLE = 4096
 ITERS = 5
@@ -42,8 +42,8 @@ def nearest_codes(g, midpoints):
         return xp.searchsorted(midpoints, g).astype(xp.uint8)
     out = numpy.empty(g.size, numpy.uint8)
     at_or_below = numpy.empty(min(g.size, CHUNK), numpy.bool_)
-    for lo in range(0, g.size, CHUNK):
-        o, gc, b = out[lo:lo + CHUNK], g[lo:lo + CHUNK], at_or_below[: min(g.size - lo, CHUNK)]
+    for lo, hi in spans(g.size):
+        o, gc, b = out[lo:hi], g[lo:hi], at_or_below[: hi - lo]
         o.fill(midpoints.size)
         for m in midpoints:                                   # loop over the k - 1 midpoints
             numpy.less_equal(gc, m, out=b)

@@ -12,7 +12,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, code_bits, on_gpu, pack_codes, packed_size, unpack_codes
+from hpclm.compress.bits import CHUNK, code_bits, on_gpu, pack_codes, packed_size, spans, unpack_codes
 
 
 def qsgd_codes(g, f, s, key):
@@ -21,8 +21,7 @@ def qsgd_codes(g, f, s, key):
     n = g.size
     out = numpy.empty(n, numpy.uint8 if 2 * s < 256 else numpy.uint16)
     r = numpy.empty(min(n, CHUNK), numpy.float32)
-    for lo in range(0, n, CHUNK):
-        hi = min(n, lo + CHUNK)
+    for lo, hi in spans(n):
         t, gc = r[: hi - lo], g[lo:hi]
         numpy.abs(gc, out=t, casting="same_kind")
         t *= numpy.float32(f)                                                # |g| / ||g|| * s

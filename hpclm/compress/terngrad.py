@@ -11,7 +11,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu, pack_codes, packed_size, unpack_codes
+from hpclm.compress.bits import CHUNK, on_gpu, pack_codes, packed_size, spans, unpack_codes
 
 
 def terngrad_codes(g, inv_m, key):
@@ -22,8 +22,7 @@ def terngrad_codes(g, inv_m, key):
     out = numpy.empty(n, numpy.uint8)
     p = numpy.empty(min(n, CHUNK), numpy.float32)
     keep, negative = numpy.empty(min(n, CHUNK), numpy.bool_), numpy.empty(min(n, CHUNK), numpy.bool_)
-    for lo in range(0, n, CHUNK):
-        hi = min(n, lo + CHUNK)
+    for lo, hi in spans(n):
         k, gc, o = hi - lo, g[lo:hi], out[lo:hi]
         numpy.abs(gc, out=p[:k], casting="same_kind")
         p[:k] *= numpy.float32(inv_m)                                        # |g| / max|g|
