@@ -25,15 +25,16 @@ VERSION = 1
 FILE_NAME = "ckpt.h5"
 
 
-def save(path, *, model, optimizer, step, config_json, tokenizer_json, rng_state, extra=None):
-    """Atomically write a checkpoint of `model` (its flat buffer) and `optimizer` at `step`."""
+def save(path, *, params, layout, optim_state, step, config_json, tokenizer_json, rng_state, extra=None):
+    """Atomically write a checkpoint at `step`: `params` the whole flat parameter buffer (layout: a
+    model.params.ParamLayout), `optim_state` the optimizer's state_dict in the same flat layout."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("params", data=X.to_host(model.flat))
-            state = optimizer.state_dict()
+            f.create_dataset("params", data=X.to_host(params))
+            state = optim_state
             for name, buf in state.items():
                 if name != "t":
                     f.create_dataset(f"optim/{name}", data=X.to_host(buf))
@@ -41,7 +42,7 @@ def save(path, *, model, optimizer, step, config_json, tokenizer_json, rng_state
                 f.create_dataset(f"extra/{name}", data=X.to_host(arr))
             f.attrs.update(format=FORMAT, version=VERSION, step=int(step), optim_t=int(state["t"]),
                            config_json=config_json, tokenizer_json=tokenizer_json,
-                           layout_json=json.dumps(model.layout.index()),
+                           layout_json=json.dumps(layout.index()),
                            rng_state_json=json.dumps(rng_state), hpclm_version=__version__)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -88,12 +89,16 @@ class Checkpoint:
 
     def restore_params(self, model):
         """Copy the parameters into `model` after checking that its layout is the checkpoint's."""
-        mine = [(name, list(shape)) for name, shape, _ in model.layout.index()]
+        self.check_layout(model.layout)
+        model.flat[...] = X.to_device(self.params.astype(model.dtype, copy=False))
+
+    def check_layout(self, layout):
+        """UserError unless the checkpoint's tensors are those of `layout` (names and shapes, in order)."""
+        mine = [(name, list(shape)) for name, shape, _ in layout.index()]
         theirs = [(name, list(shape)) for name, shape, _ in self.layout]
-        if mine != theirs or self.params.shape != (model.layout.size,):
+        if mine != theirs or self.params.shape != (layout.size,):
             stored = dict(theirs)
             diff = [f"{name}: checkpoint {stored.get(name)} vs model {shape}"
                     for name, shape in mine if stored.get(name) != shape][:3]
             raise UserError(f"checkpoint {self.path} does not match the model's parameters "
                             f"({len(self.layout)} tensors vs {len(mine)}; {'; '.join(diff) or 'different names'})")
-        model.flat[...] = X.to_device(self.params.astype(model.dtype, copy=False))

@@ -152,6 +152,7 @@ class CompressConfig:
     factor_masking: bool = False       # DGC: clear momentum where an element was sent
     momentum: float = 0.9        # DGC momentum factor
     seed: int = 0                # shared seed for randomized compressors (same on every rank)
+    exchange: str = "auto"       # how payloads travel: auto (by compressor) | sum | gather | vote | vote_gather | onebit
     warmup_steps: int = 0        # average uncompressed for the first N steps (DGC / 1-bit Adam warm-up)
     onebit_adam: bool = False    # 1-bit Adam: after warmup_steps, AdamW's momentum (not the gradient)
                                  # goes through the 1-bit all-reduce (needs ef_sign/onebit, adamw and
@@ -164,6 +165,9 @@ class CompressConfig:
             raise UserError(f"compress.error_feedback must be auto, on or off; got {self.error_feedback!r}")
         if not 0.0 < self.density <= 1.0:
             raise UserError(f"compress.density must be in (0, 1], got {self.density}")
+        if self.exchange not in ("auto", "sum", "gather", "vote", "vote_gather", "onebit"):
+            raise UserError(f"compress.exchange must be auto, sum, gather, vote, vote_gather or onebit; "
+                            f"got {self.exchange!r}")
         if self.topk_method not in ("exact", "sampled"):
             raise UserError(f"compress.topk_method must be exact or sampled, got {self.topk_method!r}")
         if self.sparse_format not in ("compact", "plain"):
@@ -176,6 +180,37 @@ class CompressConfig:
 
 
 @dataclass
+class ParallelConfig:
+    dp: int = 0                  # data-parallel ranks; 0 = world size / (tp * pp)
+    tp: int = 1                  # tensor-parallel ranks per model replica
+    pp: int = 1                  # pipeline stages
+    zero: int = 0                # ZeRO stage over the dp group: 0 off, 1 optimizer state, 2 + gradients, 3 + parameters
+    micro_batches: int = 1       # pipeline micro-batches per step (per dp rank)
+    schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
+    sync: str = "allreduce"      # how dp replicas agree: allreduce (ps, gossip, local: not built yet)
+
+    def validate(self):
+        for name in ("tp", "pp", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise UserError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dp < 0:
+            raise UserError(f"parallel.dp must be >= 0 (0 = world size / (tp * pp)), got {self.dp}")
+        if self.zero not in (0, 1, 2, 3):
+            raise UserError(f"parallel.zero must be 0, 1, 2 or 3, got {self.zero}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.sync not in SYNCS:
+            raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
+        if self.tp > 1 or self.pp > 1 or self.micro_batches > 1 or self.sync != "allreduce":
+            raise UserError("parallel: only data parallelism (tp = pp = micro_batches = 1, sync = allreduce) "
+                            "is built so far; tensor, pipeline and decentralized training are not")
+
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+SYNCS = ("allreduce", "ps", "gossip", "local")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -183,10 +218,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self):
         for f in fields(self):
             getattr(self, f.name).validate()
+        if self.parallel.zero and self.compress.name != "none":
+            raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
+                            "ZeRO shards uncompressed gradients; use one or the other")
         return self
 
     def to_dict(self):

@@ -50,12 +50,16 @@ class Optimizer:
 
     def step(self, params, grads, lr):
         self.t += 1
+        self.decay(params, lr)
+        self._update(params, grads, lr)
+
+    def decay(self, params, lr):
+        """Decoupled weight decay: p -= lr * wd * mask * p."""
         wd = self.cfg.weight_decay
-        if wd > 0:                                             # decoupled: p -= lr * wd * mask * p
+        if wd > 0:
             X.array_module(params).multiply(params, self.decay_mask, out=self._scratch)
             self._scratch *= lr * wd
             params -= self._scratch
-        self._update(params, grads, lr)
 
     def state_dict(self):
         return {"t": self.t, **self.state}
@@ -101,33 +105,43 @@ class AdamW(Optimizer):
     which Adam's per-coordinate normalisation by a moving v would not do. The state needs no flag:
     the step count says whether v is frozen.
 
-    momentum_hook: None, or a callable run on m right after its update and before it is used
-    (1-bit Adam replaces m by its compressed average over the ranks there)."""
+    The update is two halves, `update_moments(grads)` then `apply_moments(params, lr)`, so that
+    1-bit Adam (hpclm.parallel.onebit_adam) can replace m by its compressed average in between."""
 
     state_names = ("exp_avg", "exp_avg_sq")
-    momentum_hook = None
 
     def _update(self, params, grads, lr):
-        xp = X.array_module(params)
-        b1, b2, eps = self.cfg.beta1, self.cfg.beta2, self.cfg.eps
+        self.update_moments(grads)
+        self.apply_moments(params, lr)
+
+    def _updates_of_v(self):
+        """Updates that v has seen (all of them, or freeze_variance_step once frozen)."""
+        freeze = self.cfg.freeze_variance_step
+        return min(self.t, freeze) if freeze else self.t
+
+    def update_moments(self, grads):
+        """m <- beta1 m + (1 - beta1) g; v likewise with g^2 unless frozen."""
+        xp = X.array_module(grads)
+        b1, b2 = self.cfg.beta1, self.cfg.beta2
         m, v, tmp = self.state["exp_avg"], self.state["exp_avg_sq"], self._scratch
         m *= b1
         xp.multiply(grads, 1.0 - b1, out=tmp)
         m += tmp
-        if self.momentum_hook is not None:
-            self.momentum_hook(m)
-        freeze = self.cfg.freeze_variance_step
-        t_v = min(self.t, freeze) if freeze else self.t     # updates that v has seen
-        if t_v == self.t:
+        if self._updates_of_v() == self.t:
             v *= b2
             xp.multiply(grads, grads, out=tmp)
             tmp *= 1.0 - b2
             v += tmp
-        bias1 = 1.0 - b1 ** self.t
-        bias2 = 1.0 - b2 ** t_v
+
+    def apply_moments(self, params, lr):
+        """p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections of this step."""
+        xp = X.array_module(params)
+        m, v, tmp = self.state["exp_avg"], self.state["exp_avg_sq"], self._scratch
+        bias1 = 1.0 - self.cfg.beta1 ** self.t
+        bias2 = 1.0 - self.cfg.beta2 ** self._updates_of_v()
         xp.sqrt(v, out=tmp)
         tmp *= 1.0 / math.sqrt(bias2)
-        tmp += eps                                             # sqrt(v_hat) + eps
+        tmp += self.cfg.eps                                    # sqrt(v_hat) + eps
         xp.divide(m, tmp, out=tmp)
         tmp *= lr / bias1
         params -= tmp

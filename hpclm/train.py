@@ -1,11 +1,13 @@
-"""`hpclm train`: config -> data -> model -> optimizer -> data-parallel training loop.
+"""`hpclm train`: config -> groups -> data -> model -> strategy -> `train_step` loop.
 
 Runs as one process (`hpclm train`) or as an MPI job (`mpiexec -n 4 hpclm train`,
-`srun hpclm train`): every rank draws its shard of the global batch, gradients are averaged by
-hpclm.parallel.data, every rank applies the same update. Rank 0 prints, evaluates the
-validation split (sharded across ranks), writes checkpoints and the timing record.
-SIGTERM/SIGUSR1 (Slurm pre-emption): all ranks agree at the next step boundary, save a
-checkpoint, flush timing and exit 0, so the job can be requeued with --resume.
+`srun hpclm train`). `[parallel]` lays the world out as dp x tp x pp (hpclm.comm.Groups); every
+dp rank draws its shard of the global batch, and the strategy that hpclm.parallel.build chooses
+from the config (a DistributedOptimizer: gradient sync -> clip -> update -> after) makes the
+update; the loop calls `train_step` and never asks which strategy it holds. Evaluation rows,
+loss averages and byte counts use the dp group. World rank 0 prints and writes checkpoints and
+the timing record. SIGTERM/SIGUSR1 (Slurm pre-emption): all ranks agree at the next step
+boundary, save a checkpoint, flush timing and exit 0, so the job can be requeued with --resume.
 """
 import json
 import math
@@ -28,9 +30,9 @@ from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepa
 from hpclm.errors import UserError
 from hpclm.model import GPT
 from hpclm.model.threaded import ThreadedGPT
-from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
+from hpclm.optim import lr_at
 from hpclm.parallel.agree import collective_error, collectively
-from hpclm.parallel.compressed import build_data_parallel
+from hpclm.parallel.build import build_strategy
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
 from hpclm.version import __version__
@@ -138,17 +140,18 @@ class Progress:
             print(("\n" if self.tty else "") + text, flush=True)
 
 
-def evaluate(model, tokens, offsets, block_size, rank, world, comm):
-    """Mean loss over the fixed evaluation batches; rows sharded across ranks, summed with MPI."""
+def evaluate(model, tokens, offsets, block_size, group):
+    """Mean loss over the fixed evaluation batches; rows sharded across the dp group, summed over it."""
+    rank, size = (0, 1) if group is None else (group.Get_rank(), group.Get_size())
     total, count = 0.0, 0
     for batch in offsets:
-        rows = batch[rank * len(batch) // world:(rank + 1) * len(batch) // world]
+        rows = batch[rank * len(batch) // size:(rank + 1) * len(batch) // size]
         if len(rows):
             x, y = get_batch(tokens, block_size, rows)
             total += model.loss(X.to_device(x), X.to_device(y)) * len(rows)
             count += len(rows)
-    if world > 1:
-        total, count = comm.allreduce(np.array([total, count]))      # element-wise sum over ranks
+    if size > 1:
+        total, count = group.allreduce(np.array([total, count]))      # element-wise sum over ranks
     return float(total / count)
 
 
@@ -157,14 +160,14 @@ def evaluate(model, tokens, offsets, block_size, rank, world, comm):
 class Session:
     """Everything one rank's training loop works with, built by `setup`."""
     world: object
-    rank: int
-    size: int
+    rank: int                 # world rank
+    size: int                 # world size
+    groups: object            # hpclm.comm.Groups: dp, tp, pp, node communicators and the layout
     cfg: object
     data: object
     model: object
-    optimizer: object
+    strategy: object          # hpclm.parallel.optimizer.DistributedOptimizer (or a subclass)
     sampler: object
-    dp: object
     timer: Timer
     recorder: Recorder
     rng: np.random.Generator
@@ -175,63 +178,72 @@ class Session:
     resumed: bool
     versions: dict
 
+    @property
+    def dp(self):
+        return self.groups.dp
+
+    @property
+    def dp_size(self):
+        return self.groups.layout.dp
+
+
+def build_groups(world, pcfg):
+    """The dp x tp x pp communicators of [parallel]; UserError (on every rank) if the world does not fit."""
+    return C.Groups.build(world, dp=pcfg.dp or None, tp=pcfg.tp, pp=pcfg.pp)
+
 
 def setup(args, world):
-    """Config, data, model, optimizer, strategy and timing record; a UserError anywhere stops every rank."""
-    from mpi4py import MPI
-
+    """Config, groups, data, model, strategy and timing record; a UserError anywhere stops every rank."""
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
     C.set_cuda_aware(cfg.comm.cuda_aware)
-    local = world.Split_type(MPI.COMM_TYPE_SHARED)
-    local_ranks = local.Get_size()
-    local.Free()
+    groups = collectively(world, build_groups, world, cfg.parallel)
+    local_ranks = groups.node.Get_size()
     data = load_data(cfg, world, rank)
     if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
         raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
-    n_micro = cfg.train.grad_accum
-    if cfg.train.batch_size % (size * n_micro):           # the same on every rank
+    dp_size, n_micro = groups.layout.dp, cfg.train.grad_accum
+    if cfg.train.batch_size % (dp_size * n_micro):           # the same on every rank
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
-                               f"world size x grad_accum ({size} x {n_micro})")
+                               f"data-parallel size x grad_accum ({dp_size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
     model = collectively(world, build_model, cfg, threads)
-    optimizer = build_optimizer(cfg.optim, model)
+    trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
+    timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
+    strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer)
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
     start_step = 0
     if ckpt is not None:
-        collectively(world, ckpt.restore, model, optimizer)
         start_step = ckpt.step
+        collectively(world, strategy.restore, ckpt, start_step)
         if len(ckpt.rng_state) == size:
             rng.bit_generator.state = ckpt.rng_state[rank]
     sampler = collectively(world, BatchSampler, data.train, cfg.model.block_size, cfg.train.batch_size,
-                           cfg.train.seed, rank=rank, world=size)
+                           cfg.train.seed, rank=groups.dp.Get_rank(), world=dp_size)
     val_offsets = eval_offsets(cfg.train.seed, cfg.train.eval_batches, cfg.train.batch_size,
                                len(data.val) - cfg.model.block_size)
-    trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
-    timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
-    # compressed when compress.name != none; 1-bit Adam hooks into the optimizer
-    dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer, optimizer=optimizer)
-    if ckpt is not None:
-        collectively(world, dp.restore, ckpt.extra, start_step)
     if rank == 0:
         os.makedirs(cfg.train.out_dir, exist_ok=True)
     library_versions = versions()
+    lay = groups.layout
     meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=library_versions,
-                layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
-                             "algorithm": cfg.comm.algorithm, "cuda_aware": cfg.comm.cuda_aware})
+                layout_json={"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "zero": cfg.parallel.zero,
+                             "threads_per_rank": threads, "algorithm": cfg.comm.algorithm,
+                             "cuda_aware": cfg.comm.cuda_aware})
     # A resumed run keeps the record of the steps before it: its own file starts at its first step.
     record_name = f"timing-from-{start_step}.h5" if start_step else "timing.h5"
     recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
                         enabled=cfg.train.timing, file_name=record_name)
-    return Session(world, rank, size, cfg, data, model, optimizer, sampler, dp, timer, recorder, rng,
+    return Session(world, rank, size, groups, cfg, data, model, strategy, sampler, timer, recorder, rng,
                    val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,
                    versions=library_versions)
 
 
 def print_banner(s, hosts):
     """Rank 0's start-up report: layout, MPI library, data, model."""
-    cfg = s.cfg
+    cfg, lay = s.cfg, s.groups.layout
     print(f"hpclm {__version__}: {s.size} rank(s) on {len(set(hosts))} host(s) ({s.local_ranks} per node), "
+          f"layout dp {lay.dp} x tp {lay.tp} x pp {lay.pp}, zero {cfg.parallel.zero}, "
           f"{s.threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
           f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}, "
           f"compress {cfg.compress.name}")
@@ -243,24 +255,45 @@ def print_banner(s, hosts):
     print(f"model: {s.model.num_params():,} parameters, {cfg.train.dtype}; "
           f"{cfg.train.batch_size * cfg.model.block_size:,} tokens/step; run dir {cfg.train.out_dir}"
           + (f"; resuming at step {s.start_step}" if s.resumed else ""))
+    held = s.strategy.memory()
+    print("memory per rank: " + ", ".join(f"{kind} {n / 2**20:.2f} MiB" for kind, n in held.items()))
 
 
 def bytes_moved(before, after):
-    """(sent, received) bytes between two hpclm.comm.counters snapshots."""
-    return tuple(sum(t[key] for t in after.values()) - sum(t[key] for t in before.values())
-                 for key in ("bytes_sent", "bytes_recv"))
+    """{group: (sent, received)} bytes between two hpclm.comm.counters.by_group() snapshots."""
+    zero = {"bytes_sent": 0, "bytes_recv": 0}
+    return {group: (t["bytes_sent"] - before.get(group, zero)["bytes_sent"],
+                    t["bytes_recv"] - before.get(group, zero)["bytes_recv"]) for group, t in after.items()}
 
 
 # ------------------------------------------------------------------------------------------ loop
+def train_step(s, step):
+    """One optimizer step: forward/backward of every micro-batch of this rank's shard, then the
+    strategy's step (gradient sync -> clip -> update -> after). Returns (mean loss, grad norm, lr)."""
+    cfg, model, timer, strategy = s.cfg, s.model, s.timer, s.strategy
+    n_micro = cfg.train.grad_accum
+    lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+    loss = 0.0
+    for micro in range(n_micro):
+        with timer.region("data"):
+            x, y = s.sampler.batch(step, micro, n_micro)
+            x, y = X.to_device(x), X.to_device(y)
+        loss += model.forward_backward(x, y, grad_ready=strategy.backward_hook(micro, n_micro),
+                                       accumulate=micro > 0, timer=timer)
+    grad_norm = strategy.step(lr)
+    return loss / n_micro, grad_norm, lr
+
+
 def save_checkpoint(s, step):
-    """Collective: every rank's RNG and strategy state to rank 0, which writes the checkpoint."""
+    """Collective: the strategy's full state and every rank's RNG to world rank 0, which writes it."""
     rng_states = s.world.gather(s.rng.bit_generator.state)
-    extra = s.dp.checkpoint_extra()                      # error buffers, PowerSGD Q (every rank's, on rank 0)
+    state = s.strategy.checkpoint()                     # parameters, optimizer state, sync state (on rank 0)
     if s.rank == 0:
         with s.timer.region("checkpoint"):
-            ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), model=s.model, optimizer=s.optimizer,
-                         step=step, config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
-                         rng_state=rng_states, extra=extra)
+            ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), params=state.params,
+                         layout=s.model.layout, optim_state=state.optim_state, step=step,
+                         config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
+                         rng_state=rng_states, extra=state.extra)
     s.world.Barrier()
 
 
@@ -268,43 +301,28 @@ def train_steps(s, stop):
     """The training loop from s.start_step; returns the summary. `stop["signal"]` set = stop early."""
     from mpi4py import MPI
 
-    cfg, model, timer, world = s.cfg, s.model, s.timer, s.world
-    n_micro = cfg.train.grad_accum
+    cfg, timer, world, dp = s.cfg, s.timer, s.world, s.dp
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     progress = Progress(cfg.train.max_steps, s.rank == 0)
     t_start = window_t = time.perf_counter()
     window_tokens, val_loss, step = 0, math.nan, s.start_step
     for step in range(s.start_step, cfg.train.max_steps):
-        lr = lr_at(step, cfg.optim, cfg.train.max_steps)
-        before = C.counters.snapshot()
-        loss = 0.0
-        for micro in range(n_micro):
-            with timer.region("data"):
-                x, y = s.sampler.batch(step, micro, n_micro)
-                x, y = X.to_device(x), X.to_device(y)
-            loss += model.forward_backward(x, y, grad_ready=s.dp.backward_hook(micro == n_micro - 1),
-                                           accumulate=micro > 0, timer=timer)
-        s.dp.finish()
-        with timer.region("optimizer"):
-            if n_micro > 1 and not s.dp.averages_micro_batches:
-                model.grad_flat *= 1.0 / n_micro
-            grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
-            s.optimizer.step(model.flat, model.grad_flat, lr)
-        loss /= n_micro
+        before = C.counters.by_group()
+        loss, grad_norm, lr = train_step(s, step)
         last = step == cfg.train.max_steps - 1
         log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == s.start_step
-        global_loss = world.allreduce(loss) / s.size if (log_now and s.size > 1) else loss
+        global_loss = dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
         if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
-            s.dp.check_identical(model.flat, step)
+            s.strategy.check_replicas(step)
         want_stop = stop["signal"] is not None
         if s.size > 1:
             want_stop = world.allreduce(want_stop, op=MPI.LOR)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
-                val_loss = evaluate(model, s.data.val, s.val_offsets, cfg.model.block_size, s.rank, s.size, world)
+                val_loss = evaluate(s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
             s.recorder.log_eval(step, val_loss, global_loss)
             progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
-        sent, recv = bytes_moved(before, C.counters.snapshot())
+        moved = bytes_moved(before, C.counters.by_group())
         window_tokens += tokens_per_step
         if log_now:
             now = time.perf_counter()
@@ -314,10 +332,9 @@ def train_steps(s, stop):
                                   f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
         if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
             save_checkpoint(s, step + 1)
-        uncompressed = recv if s.dp.bytes_uncompressed is None else s.dp.bytes_uncompressed
-        s.recorder.log_step(step, timer.collect(), bytes_sent=sent, bytes_recv=recv, bytes_uncompressed=uncompressed,
-                            loss=loss, tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm,
-                            global_loss=global_loss)
+        s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
+                            bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
+                            tokens=tokens_per_step // s.dp_size, lr=lr, grad_norm=grad_norm, global_loss=global_loss)
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
             break
@@ -365,6 +382,7 @@ def run(args):
         summary = train_steps(s, stop)
         if s.rank == 0:
             write_summary(os.path.join(s.cfg.train.out_dir, "summary.json"), summary)
+        s.groups.free()
     finally:
         if blas_limit is not None:
             blas_limit.restore_original_limits()

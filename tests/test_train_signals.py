@@ -34,13 +34,14 @@ LAUNCHER = textwrap.dedent("""
     import hpclm.train as T
     from hpclm.errors import UserError
     if fault == "step-error":            # rank 1 raises in its third optimizer step
-        orig, calls = T.clip_by_global_norm, [0]
+        import hpclm.parallel.optimizer as O
+        orig, calls = O.clip_by_global_norm, [0]
         def clip(g, c):
             calls[0] += 1
             if rank == 1 and calls[0] == 3:
                 raise RuntimeError("injected failure in the training loop")
             return orig(g, c)
-        T.clip_by_global_norm = clip
+        O.clip_by_global_norm = clip
     elif fault == "setup-error":         # rank 1 cannot build its model (not a UserError)
         orig_build = T.build_model
         def build(cfg, threads):

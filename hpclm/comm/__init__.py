@@ -12,7 +12,7 @@ from hpclm.comm.allreduce import (ALGORITHMS, allreduce, auto, choose, hierarchi
                                   recursive_doubling, ring, set_cost_params, tree)
 from hpclm.comm.blocks import allgather, alltoall, bcast, reduce, reduce_scatter
 from hpclm.comm.buffers import set_cuda_aware
-from hpclm.comm.counters import counters
+from hpclm.comm.counters import counters, group_name
 from hpclm.comm.groups import Groups
 from hpclm.comm.layout import Layout
 from hpclm.comm.nonblocking import Request, iallgather, iallreduce, ireduce_scatter
@@ -20,5 +20,5 @@ from hpclm.comm.ops import OPS
 
 __all__ = ["ALGORITHMS", "OPS", "allreduce", "auto", "choose", "hierarchical", "mpi", "rabenseifner",
            "recursive_doubling", "ring", "tree", "set_cost_params", "allgather", "alltoall", "bcast",
-           "reduce", "reduce_scatter", "set_cuda_aware", "counters", "Groups", "Layout", "Request",
+           "reduce", "reduce_scatter", "set_cuda_aware", "counters", "group_name", "Groups", "Layout", "Request",
            "iallgather", "iallreduce", "ireduce_scatter"]

@@ -40,6 +40,8 @@ class Groups:
             raise
         split = {kind: world.Split(*layout.split_args(kind, rank)) for kind in ("dp", "tp", "pp")}
         node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        for name, comm in (*split.items(), ("node", node)):
+            comm.Set_name(name)              # bytes are counted per group name (hpclm.comm.counters)
         return cls(world, split["dp"], split["tp"], split["pp"], node, layout)
 
     def free(self):

@@ -80,6 +80,7 @@ def shadow(comm):
     dup = comm.Get_attr(_SHADOW)
     if dup is None:
         dup = comm.Dup()
+        dup.Set_name(comm.Get_name())        # its bytes count under the caller's group
         comm.Set_attr(_SHADOW, dup)
     return dup
 

@@ -11,7 +11,7 @@ import numpy
 from mpi4py import MPI
 
 from hpclm import xp
-from hpclm.comm.counters import counters
+from hpclm.comm.counters import counters, group_name
 
 TAG = 0x6C6D  # one tag for all collective traffic; per-communicator FIFO order keeps steps apart
 
@@ -54,8 +54,8 @@ class Wire:
         self.tally[1] += int(recv)
 
     def commit(self):
-        """Add this call's bytes (and one call) to the process-wide counters."""
-        counters.add(self.key, self.tally[0], self.tally[1], calls=1)
+        """Add this call's bytes (and one call) to the counters, under this communicator's group."""
+        counters.add(self.key, self.tally[0], self.tally[1], calls=1, group=group_name(self.comm))
 
 
 _scratch = threading.local()

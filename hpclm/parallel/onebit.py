@@ -25,9 +25,9 @@ import numpy
 
 from hpclm import comm as C
 from hpclm import xp as X
-from hpclm.compress.base import AGGREGATE_GATHER, Context
+from hpclm.compress.base import Context
 from hpclm.compress.ef_sign import EFSign
-from hpclm.parallel.compressed import _align, _region, pack, unpack
+from hpclm.parallel.exchange import _align, pack, timed, unpack
 
 
 class SignScale(EFSign):
@@ -51,7 +51,6 @@ class OneBitAllreduce:
     """The per-buffer state (worker and server error) of the 1-bit compressed all-reduce."""
 
     name = "onebit"
-    aggregate = AGGREGATE_GATHER
 
     def __init__(self, n, world, dtype, compressor=None):
         self.n, self.P = n, world
@@ -101,9 +100,9 @@ class OneBitAllreduce:
             self._like, self._counts = payload, counts
             return numpy.concatenate(bufs)
 
-        send = _region(timer, "compress", worker_compress)
+        send = timed(timer, "compress", worker_compress)
         L = send.size // P
-        recv = _region(timer, "comm", lambda: C.alltoall(comm, send, algorithm=a2a_alg) if P > 1 else send)
+        recv = timed(timer, "comm", lambda: C.alltoall(comm, send, algorithm=a2a_alg) if P > 1 else send)
         ctx = Context(k, self.dtype)
 
         def server_compress():
@@ -115,15 +114,19 @@ class OneBitAllreduce:
             xp.subtract(y, comp.decompress(payload, sctx), out=self.server_error)
             return pack(payload)[0]
 
-        mine = _region(timer, "compress", server_compress)
-        full = _region(timer, "comm", lambda: C.allgather(comm, mine, algorithm=ag_alg) if P > 1 else mine)
+        mine = timed(timer, "compress", server_compress)
+        full = timed(timer, "comm", lambda: C.allgather(comm, mine, algorithm=ag_alg) if P > 1 else mine)
 
         def gather_decompress():
             out = xp.concatenate([comp.decompress(unpack(full[i * L:(i + 1) * L], self._counts, self._like), ctx)
                                   for i in range(P)])
             grad[...] = out[:self.n]
-        _region(timer, "decompress", gather_decompress)
+        timed(timer, "decompress", gather_decompress)
         return grad
+
+    def average(self, comm, grad, step=0, algorithm="mpi", timer=None):
+        """The bucket-codec interface of hpclm.parallel.exchange (step is not used)."""
+        return self.allreduce(comm, grad, algorithm=algorithm, timer=timer)
 
     def state_dict(self):
         return {"worker_error": X.to_host(self.worker_error).copy(), "server_error": X.to_host(self.server_error).copy()}

@@ -26,8 +26,8 @@ import numpy
 from hpclm import comm as C
 from hpclm import xp as X
 from hpclm.compress.powersgd import orthogonalize
-from hpclm.parallel.compressed import _CompressedStrategy, _region
-from hpclm.parallel.data import DataParallel
+from hpclm.parallel.exchange import timed
+from hpclm.parallel.sync import GradSync
 
 
 def split_slots(layout, rank):
@@ -44,7 +44,7 @@ def split_slots(layout, rank):
     return mats, rest
 
 
-class PowerSGD:
+class PowerSGDReducer:
     """The state and the step of PowerSGD over one flat gradient with the given layout."""
 
     def __init__(self, layout, dtype, rank=4, seed=0, error_feedback=True):
@@ -103,8 +103,8 @@ class PowerSGD:
                 self.rest_buf[at:at + s.size] = grad_flat[s.offset:s.offset + s.size]
                 at += s.size
 
-        _region(timer, "compress", compress_p)
-        _region(timer, "comm", lambda: (allreduce(self.p_buf), allreduce(self.rest_buf)))
+        timed(timer, "compress", compress_p)
+        timed(timer, "comm", lambda: (allreduce(self.p_buf), allreduce(self.rest_buf)))
 
         def compress_q():
             for i, m in enumerate(ms):
@@ -112,8 +112,8 @@ class PowerSGD:
                 p[...] = orthogonalize(p)
                 xp.matmul(m.T, p, out=q)
 
-        _region(timer, "compress", compress_q)
-        _region(timer, "comm", lambda: allreduce(self.q_buf))
+        timed(timer, "compress", compress_q)
+        timed(timer, "comm", lambda: allreduce(self.q_buf))
 
         def decompress():
             for i, m in enumerate(ms):
@@ -127,7 +127,7 @@ class PowerSGD:
                 grad_flat[s.offset:s.offset + s.size] = self.rest_buf[at:at + s.size]
                 at += s.size
 
-        _region(timer, "decompress", decompress)
+        timed(timer, "decompress", decompress)
         return grad_flat
 
     def state_dict(self):
@@ -142,35 +142,24 @@ class PowerSGD:
             self.error[...] = X.to_device(state["error"])
 
 
-class PowerSGDDataParallel(_CompressedStrategy, DataParallel):
+class PowerSGDSync(GradSync):
     """Data parallelism with PowerSGD after backward over the whole model (no bucket overlap: the
     two all-reduces need every matrix's gradient). With one rank, compression still applies."""
 
-    def __init__(self, mpi_comm, model, cfg, timer=None, grad_scale=1.0):
-        super().__init__(mpi_comm, model.grad_flat, cfg.comm, timer=timer)
+    def __init__(self, group, grad_flat, layout, comm_cfg, compress_cfg, grad_scale=1.0, timer=None):
+        super().__init__(group, grad_flat, grad_scale, timer)
         from hpclm.compress.memory import wants_memory
-        self.grad_scale = grad_scale
-        self.powersgd = PowerSGD(model.layout, model.grad_flat.dtype, rank=cfg.compress.rank,
-                                 seed=cfg.compress.seed, error_feedback=wants_memory(cfg.compress))
-        self.warmup_steps = cfg.compress.warmup_steps   # steps averaged uncompressed first
-        self.step = 0
+        self.algorithm = comm_cfg.algorithm
+        self.reducer = PowerSGDReducer(layout, grad_flat.dtype, rank=compress_cfg.rank, seed=compress_cfg.seed,
+                                       error_feedback=wants_memory(compress_cfg))
 
-    def backward_hook(self, last_micro):
-        return None
-
-    def finish(self):
+    def average(self):
         if self.grad_scale != 1.0:
             self.grad_flat *= self.grad_flat.dtype.type(self.grad_scale)
-        if self.step < self.warmup_steps:
-            if self.world > 1:
-                for i in range(len(self.buckets)):
-                    self._reduce_bucket_now(i)
-        else:
-            self.powersgd.step(self.comm if self.world > 1 else None, self.grad_flat, self.cfg.algorithm, self.timer)
-        self.step += 1
+        self.reducer.step(self.group if self.world > 1 else None, self.grad_flat, self.algorithm, self.timer)
 
     def local_state(self):
-        return {f"powersgd.{k}": v for k, v in self.powersgd.state_dict().items()}
+        return {f"powersgd.{k}": v for k, v in self.reducer.state_dict().items()}
 
     def load_local_state(self, flat):
-        self.powersgd.load_state_dict({k.split(".", 1)[1]: v for k, v in flat.items()})
+        self.reducer.load_state_dict({k.split(".", 1)[1]: v for k, v in flat.items()})

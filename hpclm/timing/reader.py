@@ -5,7 +5,7 @@ on one still being written (opened as an SWMR reader). Rows are cut to the lengt
 shortest dataset, so a step is present only if all its data is.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -24,6 +24,7 @@ class RunRecord:
     per_rank: dict      # schema.RANK_FIELDS -> (S, P)
     per_step: dict      # schema.GLOBAL_FIELDS -> (S,)
     evals: dict         # schema.EVAL_FIELDS -> (E,)
+    per_group: dict = field(default_factory=dict)   # group -> {schema.GROUP_FIELDS -> (S, P)}; {} for version 1
 
     @property
     def world_size(self):
@@ -80,8 +81,11 @@ def read_run(path_or_run_dir):
             meta = schema.decode_meta(f.attrs)
             regions = sorted(f[schema.TIME_GROUP], key=_region_order)
             rank_group, global_group, eval_group = f[schema.RANK_GROUP], f[schema.GLOBAL_GROUP], f[schema.EVAL_GROUP]
+            group_cols = [schema.group_column(g, n) for g in schema.GROUPS for n in schema.GROUP_FIELDS] \
+                if int(version) >= 2 else []
             step_sets = [f[schema.STEP_PATH]] + [f[schema.TIME_GROUP][r] for r in regions] \
-                + [rank_group[n] for n in schema.RANK_FIELDS] + [global_group[n] for n in schema.GLOBAL_FIELDS]
+                + [rank_group[n] for n in schema.RANK_FIELDS + tuple(group_cols)] \
+                + [global_group[n] for n in schema.GLOBAL_FIELDS]
             n_steps = min(d.shape[0] for d in step_sets)
             n_evals = min(eval_group[n].shape[0] for n in schema.EVAL_FIELDS)
             return RunRecord(
@@ -89,6 +93,8 @@ def read_run(path_or_run_dir):
                 times=_read_group(f[schema.TIME_GROUP], regions, n_steps),
                 per_rank=_read_group(rank_group, schema.RANK_FIELDS, n_steps),
                 per_step=_read_group(global_group, schema.GLOBAL_FIELDS, n_steps),
-                evals=_read_group(eval_group, schema.EVAL_FIELDS, n_evals))
+                evals=_read_group(eval_group, schema.EVAL_FIELDS, n_evals),
+                per_group={g: {n: rank_group[schema.group_column(g, n)][:n_steps] for n in schema.GROUP_FIELDS}
+                           for g in schema.GROUPS if group_cols})
         except (KeyError, ValueError, OSError) as exc:
             raise UserError(f"{path} is a damaged hpclm timing record: {exc}") from None

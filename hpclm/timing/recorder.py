@@ -46,7 +46,7 @@ class Recorder:
         self.regions = schema.region_columns(regions)
         self.columns = schema.rank_columns(self.regions)
         self._region_index = {r: i for i, r in enumerate(self.regions)}
-        self._field_index = {f: len(self.regions) + i for i, f in enumerate(schema.RANK_FIELDS)}
+        self._field_index = {f: i for i, f in enumerate(self.columns) if not f.startswith("time/")}
         self.flush_every = flush_every
         self.path = os.path.join(run_dir, file_name)
         self._writer = None
@@ -72,12 +72,14 @@ class Recorder:
     def _gather_object(self, obj):
         return [obj] if self.comm is None else self.comm.gather(obj, root=0)
 
-    def log_step(self, step, region_times, *, step_time=None, bytes_sent=0, bytes_recv=0,
+    def log_step(self, step, region_times, *, step_time=None, bytes_sent=0, bytes_recv=0, bytes_by_group=None,
                  bytes_uncompressed=0, loss=math.nan, tokens=0, lr=math.nan, grad_norm=math.nan,
                  global_loss=math.nan):
         """Buffer this rank's row of `step`. `region_times`: seconds per region (e.g.
         `timer.collect()`), absent regions count 0; `step_time` defaults to the time since the
-        previous `log_step`. lr, grad_norm and global_loss are global: rank 0's are stored."""
+        previous `log_step`. `bytes_by_group` {group: (sent, received)} (groups outside
+        schema.GROUPS count as "other") fills the per-group columns, and then bytes_sent and
+        bytes_recv are their sums. lr, grad_norm and global_loss are global: rank 0's are stored."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -90,6 +92,13 @@ class Recorder:
                 raise ValueError(f"region {name!r} is not a column of this record; "
                                  f"pass it in Recorder(regions=...). Columns: {', '.join(self.regions)}") from None
         fields = self._field_index
+        if bytes_by_group is not None:
+            bytes_sent = bytes_recv = 0
+            for group, (sent, recv) in bytes_by_group.items():
+                group = group if group in schema.GROUPS else "other"
+                row[fields[schema.group_column(group, "bytes_sent")]] += sent
+                row[fields[schema.group_column(group, "bytes_recv")]] += recv
+                bytes_sent, bytes_recv = bytes_sent + sent, bytes_recv + recv
         row[fields["step_time"]] = now - self._last_step_end if step_time is None else step_time
         row[fields["bytes_sent"]] = bytes_sent
         row[fields["bytes_recv"]] = bytes_recv

@@ -7,6 +7,9 @@ stays readable up to its last flush; S = logged steps, P = world size, E = evalu
     /rank/time/<region>    (S, P)  float64  seconds rank p spent in <region> during that step
     /rank/<field>          (S, P)  float64  step_time, bytes_sent, bytes_recv, bytes_uncompressed,
                                             loss (the rank's local loss), tokens
+    /rank/group/<g>/<f>    (S, P)  float64  bytes_sent, bytes_recv of communicator group g (world,
+                                            dp, tp, pp, node, other; hpclm.comm.counters); they add
+                                            up to /rank/bytes_sent and /rank/bytes_recv (version >= 2)
     /global/<field>        (S,)    float64  lr, grad_norm, loss (global mean),
                                             elapsed (seconds since the recorder started, rank 0)
     /eval/<field>          (E,)             step (int64), val_loss, train_loss (float64)
@@ -32,7 +35,7 @@ A run may add extra regions by name (lower-case letters, digits, underscores).
 import json
 import re
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: per-group bytes (/rank/group/...); version 1 records still read
 FILE_NAME = "timing.h5"
 TRACE_FILE_NAME = "trace.json"
 
@@ -43,6 +46,8 @@ OTHER_REGIONS = ("data", "eval", "checkpoint")
 REGIONS = COMPUTE_REGIONS + EXPOSED_COMM_REGIONS + OTHER_REGIONS + (BACKGROUND_COMM_REGION,)
 
 RANK_FIELDS = ("step_time", "bytes_sent", "bytes_recv", "bytes_uncompressed", "loss", "tokens")
+GROUPS = ("world", "dp", "tp", "pp", "node", "other")
+GROUP_FIELDS = ("bytes_sent", "bytes_recv")
 GLOBAL_FIELDS = ("lr", "grad_norm", "loss", "elapsed")
 EVAL_FIELDS = ("step", "val_loss", "train_loss")
 
@@ -70,9 +75,16 @@ def region_columns(extra_regions=()):
     return tuple(columns)
 
 
+def group_column(group, field):
+    """The per-rank column of one group's bytes ("group/dp/bytes_sent")."""
+    return f"group/{group}/{field}"
+
+
 def rank_columns(regions):
-    """Column names of one rank's per-step row: ("time/<region>", ...) followed by RANK_FIELDS."""
-    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS
+    """Column names of one rank's per-step row: ("time/<region>", ...), RANK_FIELDS, then the
+    per-group byte columns."""
+    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS + \
+        tuple(group_column(g, f) for g in GROUPS for f in GROUP_FIELDS)
 
 
 def dataset_path(column):

@@ -1,4 +1,4 @@
-"""Compressed collectives (hpclm.parallel.compressed / onebit / powersgd) against a NumPy simulation
+"""Compressed collectives (hpclm.parallel.exchange / onebit / powersgd) against a NumPy simulation
 of the same algorithm, computed on every rank from every rank's input (each rank regenerates the
 others' inputs from a seed): summable all-reduce, all-gather of fixed- and variable-size payloads,
 sign majority vote (sharded: all-to-all, vote per chunk, all-gather; and the all-gather
@@ -17,9 +17,9 @@ from hpclm import comm as C
 from hpclm.compress import REGISTRY
 from hpclm.compress.base import AGGREGATE_GATHER, AGGREGATE_SIGN_VOTE, AGGREGATE_SUM, Compressor, Context
 from hpclm.model.params import ParamLayout
-from hpclm.parallel import compressed as CP
+from hpclm.parallel import exchange as CP
 from hpclm.parallel.onebit import OneBitAllreduce, SignScale, simulate
-from hpclm.parallel.powersgd import PowerSGD
+from hpclm.parallel.powersgd import PowerSGDReducer
 
 MPI_SIZES = (2, 3, 4)
 N = 1000
@@ -228,7 +228,7 @@ def test_signsgd_sharded_vote(world, n, algorithm):
     total = sum(ieee_signs(x) for x in xs)
     expect = np.where(total >= 0, 1, -1).astype(np.float32)
     comp = SignSGD()
-    assert_all(world, CP.strategy_of(comp) == "vote", CP.strategy_of(comp))
+    assert_all(world, CP.exchange_of(comp) == "vote", CP.exchange_of(comp))
     before = C.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
     after = C.counters.snapshot()
@@ -280,13 +280,13 @@ def test_sharded_vote_follows_compressor_ties(world, n):
 
 
 def test_signsgd_vote_allgather_alternative(world):
-    """The old all-gather form (strategy vote_allgather) gives the same vote with (P-1) n/8 bytes each way."""
+    """The old all-gather form (exchange vote_gather) gives the same vote with (P-1) n/8 bytes each way."""
     from hpclm.compress.signsgd import SignSGD
     P, r = world.Get_size(), world.Get_rank()
     xs = signed_inputs(P, N, seed=60)
     sharded = CP.average(world, xs[r].copy(), SignSGD())
     before = C.counters.snapshot()
-    gathered = CP.average(world, xs[r].copy(), SignSGD(), strategy="vote_allgather")
+    gathered = CP.average(world, xs[r].copy(), SignSGD(), exchange="vote_gather")
     after = C.counters.snapshot()
     assert_all(world, np.array_equal(sharded, gathered), f"{np.sum(sharded != gathered)} elements differ")
     sent, recv = bytes_of(before, after, "allgather:mpi")
@@ -310,7 +310,7 @@ def test_registry_compressors(world, name):
         expect = comps[0].decompress(comps[0].majority_vote([p for p, _ in parts], N), parts[0][1])
     else:
         expect = sum(comps[0].decompress(p, ctx) for p, ctx in parts) / np.float32(P)
-    got = CP.average(world, xs[r].copy(), comps[r], step=3, strategy=None if name != "ef_sign" else "allgather")
+    got = CP.average(world, xs[r].copy(), comps[r], step=3, exchange="auto" if name != "ef_sign" else "gather")
     if name == "bf16":      # summed on the wire in bf16: one rounding (2^-8 relative) per ring step
         bound = (P - 1) * 2.0 ** -8 * sum(np.abs(comps[0].decompress(p, ctx)) for p, ctx in parts) / P
         ok = np.all(np.abs(got - expect) <= bound + 1e-7)
@@ -350,7 +350,7 @@ def test_onebit_through_average(world):
     ob = OneBitAllreduce(N, P, np.float64)
     xs = inputs(P, seed=20, dtype=np.float64)
     expect = simulate(xs, [np.zeros(ob.N) for _ in range(P)], [np.zeros(ob.k) for _ in range(P)])
-    got = CP.average(world, xs[r].copy(), ob, strategy="onebit")
+    got = CP.average(world, xs[r].copy(), ob, exchange="onebit")
     assert_all(world, np.allclose(got, expect, rtol=1e-12), f"max |d| {np.abs(got - expect).max()}")
 
 
@@ -388,7 +388,7 @@ def powersgd_simulation(grads_per_step, layout, q0, rank):
 def test_powersgd(world, algorithm):
     P, r = world.Get_size(), world.Get_rank()
     layout = ParamLayout(SHAPES)
-    ps = PowerSGD(layout, np.float64, rank=4, seed=3)
+    ps = PowerSGDReducer(layout, np.float64, rank=4, seed=3)
     q0 = ps.q_buf.copy()
     steps = [inputs(P, n=layout.size, seed=30 + s, dtype=np.float64) for s in range(3)]
     expect, err, mats = powersgd_simulation(steps, layout, q0, 4)
@@ -418,7 +418,7 @@ def test_powersgd_char_model_ratio(world):
     from hpclm.model.params import gpt2_shapes
     P, r = world.Get_size(), world.Get_rank()
     layout = ParamLayout(gpt2_shapes(ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)))
-    ps = PowerSGD(layout, np.float32, rank=4, seed=0)
+    ps = PowerSGDReducer(layout, np.float32, rank=4, seed=0)
     grad = np.random.default_rng([7, r]).standard_normal(layout.size).astype(np.float32)
     before = C.counters.snapshot()
     ps.step(world, grad, algorithm="mpi")

@@ -102,7 +102,8 @@ def test_one_rank_compression_applies(world, root):
     from hpclm.config import CompressConfig, ModelConfig
     from hpclm.model import GPT
     from hpclm.compress.memory import build_with_memory
-    from hpclm.parallel.compressed import CompressedDataParallel
+    from hpclm.parallel.compressed import CompressedSync
+    from hpclm.parallel.exchange import Compressed
     from hpclm.config import CommConfig
     self_comm = world.Split(world.Get_rank(), 0)
     model = GPT(ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16), seed=1)
@@ -110,9 +111,9 @@ def test_one_rank_compression_applies(world, root):
     model.forward_backward(x, np.roll(x, 1, axis=1))
     before = model.grad_flat.copy()
     cfg = CompressConfig(name="topk", density=0.02)
-    dp = CompressedDataParallel(self_comm, model.grad_flat, CommConfig(bucket_mb=0),
-                                lambda n, dt: build_with_memory(cfg, n, dt))
-    dp.finish()
+    sync = CompressedSync(self_comm, model.grad_flat, CommConfig(bucket_mb=0),
+                          lambda n, dt: Compressed(build_with_memory(cfg, n, dt), "gather"))
+    sync.finish()
     kept = np.count_nonzero(model.grad_flat)
     self_comm.Free()
     assert_all(world, 0 < kept <= int(0.02 * before.size) + 1 and not np.array_equal(before, model.grad_flat),

@@ -1,17 +1,23 @@
-"""DataParallel under MPI: P ranks with their shards of the global batch follow the single-process
-run with the same global batch to float64 round-off, for every all-reduce algorithm, with and
-without overlapped buckets and gradient accumulation; check_identical catches a diverged rank."""
+"""Data parallelism (hpclm.parallel: AllReduceSync inside the DistributedOptimizer) under MPI: P
+ranks with their shards of the global batch, stepped by hpclm.train.train_step, follow the
+single-process run with the same global batch to float64 round-off, for every all-reduce
+algorithm, with and without overlapped buckets and gradient accumulation; check_identical catches a
+diverged rank."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import assert_all
 
 from hpclm import comm as C
-from hpclm.config import CommConfig, ModelConfig, OptimConfig
+from hpclm.config import CommConfig, Config, ModelConfig, OptimConfig
 from hpclm.data import BatchSampler
 from hpclm.errors import UserError
 from hpclm.model import GPT
-from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
-from hpclm.parallel.data import DataParallel
+from hpclm.parallel.build import build_strategy
+from hpclm.parallel.replicas import check_identical
+from hpclm.timing.timer import Timer
+from hpclm.train import train_step
 
 MPI_SIZES = (1, 2, 3, 4)
 VOCAB, BLOCK, SEED, STEPS = 29, 16, 11, 3
@@ -22,25 +28,18 @@ RTOL, ATOL = 1e-10, 1e-13
 
 
 def train(comm, batch_size, comm_cfg, grad_accum=1):
-    """STEPS steps as hpclm.train does them; comm=None is the single-process reference.
-    Returns (flat parameters, optimizer state, DataParallel or None)."""
+    """STEPS steps of hpclm.train.train_step; comm=None is the single-process reference.
+    Returns (flat parameters, optimizer state, the gradient sync)."""
     rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    cfg = Config(model=MODEL, optim=OPTIM, comm=comm_cfg or CommConfig())
+    cfg.train.grad_accum, cfg.train.max_steps, cfg.train.batch_size = grad_accum, STEPS, batch_size
     model = GPT(MODEL, seed=SEED, dtype="float64")
-    optimizer = build_optimizer(OPTIM, model)
-    sampler = BatchSampler(TOKENS, BLOCK, batch_size, SEED, rank=rank, world=size)
-    dp = DataParallel(comm, model.grad_flat, comm_cfg) if comm is not None else None
+    strategy = build_strategy(cfg, comm, model)
+    session = SimpleNamespace(cfg=cfg, model=model, timer=Timer(enabled=False), strategy=strategy,
+                              sampler=BatchSampler(TOKENS, BLOCK, batch_size, SEED, rank=rank, world=size))
     for step in range(STEPS):
-        for micro in range(grad_accum):
-            x, y = sampler.batch(step, micro, grad_accum)
-            hook = dp.backward_hook(micro == grad_accum - 1) if dp else None
-            model.forward_backward(x, y, grad_ready=hook, accumulate=micro > 0)
-        if dp:
-            dp.finish()
-        if grad_accum > 1:
-            model.grad_flat *= 1.0 / grad_accum
-        clip_by_global_norm(model.grad_flat, OPTIM.grad_clip)
-        optimizer.step(model.flat, model.grad_flat, lr_at(step, OPTIM, STEPS))
-    return model.flat.copy(), {k: v.copy() for k, v in optimizer.state.items()}, dp
+        train_step(session, step)
+    return model.flat.copy(), {k: v.copy() for k, v in strategy.optimizer.state.items()}, strategy.sync
 
 
 _REFERENCE = {}
@@ -103,16 +102,16 @@ def test_grad_accumulation_equals_one_batch(world, overlap):
 def test_check_identical(world):
     rank, size = world.Get_rank(), world.Get_size()
     flat, _, dp = train(world, 12, CommConfig(algorithm="ring", bucket_mb=0.02, overlap=True))
-    dp.check_identical(flat, 2)                          # agreeing parameters: no error anywhere
+    check_identical(world, flat, 2)                      # agreeing parameters: no error anywhere
     if size == 1:
         flat[0] += 1.0                                   # nothing to disagree with
-        dp.check_identical(flat, 2)
+        check_identical(world, flat, 2)
         return
     odd = size - 1
     if rank == odd:
         flat[7] = np.nextafter(flat[7], np.inf)          # one ulp on one rank is enough
     with pytest.raises(UserError) as info:
-        dp.check_identical(flat, 41)
+        check_identical(world, flat, 41)
     msg = str(info.value)
     assert_all(world, getattr(info.value, "collective", False), "error is not marked collective")
     assert_all(world, "step 41" in msg and f"ranks [{odd}]" in msg, msg)

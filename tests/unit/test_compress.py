@@ -16,7 +16,7 @@ from hpclm.compress.signsgd import majority_vote
 from hpclm.compress.sparse import sum_sparse
 from hpclm.config import CompressConfig
 from hpclm.errors import UserError
-from hpclm.parallel.compressed import combine_sum
+from hpclm.parallel.exchange import combine_sum
 
 SIZES = [0, 1, 7, 31, 32, 33, 1000, 4099]
 

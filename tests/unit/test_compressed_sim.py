@@ -1,4 +1,4 @@
-"""Single-process pieces of hpclm.parallel.compressed / onebit / powersgd: payload packing, the
+"""Single-process pieces of hpclm.parallel.exchange / state / onebit / powersgd: payload packing, the
 P=1 paths (compression still applies with one rank), the 1-bit all-reduce against its simulation,
 PowerSGD's matrix selection and state round trip, checkpoint-state flattening."""
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
 from hpclm.model.params import ParamLayout
-from hpclm.parallel import compressed as CP
+from hpclm.parallel import exchange as CP
+from hpclm.parallel import state as ST
 from hpclm.parallel.onebit import OneBitAllreduce, SignScale, padded_size, simulate
-from hpclm.parallel.powersgd import PowerSGD, split_slots
+from hpclm.parallel.powersgd import PowerSGDReducer, split_slots
 
 
 class TopK(Compressor):
@@ -60,21 +61,21 @@ def test_powersgd_slots_and_state():
     layout = ParamLayout([("w", (8, 8)), ("b", (8,)), ("t", (2, 3))])
     mats, rest = split_slots(layout, 2)
     assert [s.name for s, _ in mats] == ["w"] and [s.name for s in rest] == ["b", "t"]
-    ps = PowerSGD(layout, np.float64, rank=2, seed=1)
+    ps = PowerSGDReducer(layout, np.float64, rank=2, seed=1)
     g = np.random.default_rng(2).standard_normal(layout.size)
     out = ps.step(None, g.copy())
     w = g[:64].reshape(8, 8)
     assert np.linalg.matrix_rank(out[:64].reshape(8, 8)) == 2 and np.array_equal(out[64:], g[64:])
     assert np.allclose(ps.error, (w - out[:64].reshape(8, 8)).reshape(-1))
-    other = PowerSGD(layout, np.float64, rank=2, seed=1)
+    other = PowerSGDReducer(layout, np.float64, rank=2, seed=1)
     other.load_state_dict(ps.state_dict())
     assert np.array_equal(other.step(None, g.copy()), ps.step(None, g.copy()))
 
 
 def test_flatten_state_round_trip():
     state = {"residual": np.ones(3), "compressor": {"q": np.zeros(2), "inner": {"x": np.arange(2)}}}
-    flat = CP.flatten_state("compress.bucket0", state, {})
+    flat = ST.flatten_state("compress.bucket0", state, {})
     assert sorted(flat) == ["compress.bucket0.compressor.inner.x", "compress.bucket0.compressor.q",
                             "compress.bucket0.residual"]
-    back = CP.unflatten_state("compress.bucket0", flat)
+    back = ST.unflatten_state("compress.bucket0", flat)
     assert np.array_equal(back["compressor"]["inner"]["x"], np.arange(2)) and np.array_equal(back["residual"], np.ones(3))

@@ -1,0 +1,61 @@
+"""config -> the distributed optimizer of a run: the one place that reads [parallel], [compress]
+and [comm] to choose a strategy, so the training loop never asks which one it holds.
+
+    strategy = build_strategy(cfg, groups.dp, model, timer)    # a parallel.optimizer.DistributedOptimizer
+
+    parallel.zero 1-3                 ZeroOptimizer (parallel/zero.py) over the dp group
+    compress.onebit_adam              OneBitAdam: plain all-reduce warm-up, then the momentum in 1 bit
+    otherwise                         DistributedOptimizer with the gradient sync of `build_grad_sync`:
+      compress.name none              AllReduceSync (bucketed, overlapped)
+      a low-rank compressor           PowerSGDSync (whole model after backward)
+      any other compressor            CompressedSync, one codec per bucket: error feedback (as
+                                      configured) + the exchange compress.exchange picks, or the
+                                      1-bit all-reduce (ef_sign by default)
+      compress.warmup_steps > 0       Warmup: AllReduceSync for those steps, then the above
+"""
+from hpclm import compress
+from hpclm.compress.base import AGGREGATE_LOW_RANK
+from hpclm.compress.memory import build_with_memory
+from hpclm.optim import build_optimizer
+from hpclm.parallel.buckets import AllReduceSync
+from hpclm.parallel.compressed import CompressedSync
+from hpclm.parallel.exchange import Compressed, exchange_of
+from hpclm.parallel.onebit import OneBitAllreduce
+from hpclm.parallel.onebit_adam import OneBitAdam, check_config
+from hpclm.parallel.optimizer import DistributedOptimizer
+from hpclm.parallel.powersgd import PowerSGDSync
+from hpclm.parallel.sync import Warmup
+
+
+def build_grad_sync(cfg, group, model, timer=None):
+    """The GradSync of a replicated data-parallel run over `group` (None: one process)."""
+    scale = 1.0 / cfg.train.grad_accum
+    plain = lambda: AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=scale, timer=timer)  # noqa: E731
+    c = cfg.compress
+    if c.name == "none":
+        return plain()
+    rank, world = (0, 1) if group is None else (group.Get_rank(), group.Get_size())
+    prototype = compress.build(c, rank=rank)           # UserError for an unknown name
+    if prototype.aggregate == AGGREGATE_LOW_RANK:
+        after = PowerSGDSync(group, model.grad_flat, model.layout, cfg.comm, c, grad_scale=scale, timer=timer)
+    else:
+        exchange = exchange_of(prototype, c.exchange)
+        if exchange == "onebit":
+            make = lambda n, dtype: OneBitAllreduce(n, world, dtype)  # noqa: E731
+        else:
+            make = lambda n, dtype: Compressed(build_with_memory(c, n, dtype, rank=rank), exchange)  # noqa: E731
+        after = CompressedSync(group, model.grad_flat, cfg.comm, make, grad_scale=scale, timer=timer)
+    return Warmup(plain(), after, c.warmup_steps) if c.warmup_steps else after
+
+
+def build_strategy(cfg, group, model, timer=None):
+    """The DistributedOptimizer for `cfg` over the dp `group`. Raises UserError for a bad combination."""
+    if cfg.parallel.zero:
+        from hpclm.parallel.zero import build_zero
+        return build_zero(cfg, group, model, timer)
+    optimizer = build_optimizer(cfg.optim, model)
+    if cfg.compress.onebit_adam:
+        check_config(cfg)
+        sync = AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=1.0 / cfg.train.grad_accum, timer=timer)
+        return OneBitAdam(model, optimizer, sync, cfg.optim, cfg.compress.warmup_steps, timer)
+    return DistributedOptimizer(model, optimizer, build_grad_sync(cfg, group, model, timer), cfg.optim, timer)
