@@ -34,19 +34,20 @@ def send_recv_reduce(wire, send, dest, acc, source, op):
 
 # --- ring (Patarasuk & Yuan): reduce-scatter then all-gather around the ring ---------------
 
-def ring_reduce_scatter(wire, buf, op):
-    """After P-1 steps rank r holds the reduced block r of split_counts(n, P)."""
+def ring_reduce_scatter(wire, buf, op, counts=None):
+    """After P-1 steps rank r holds the reduced block r of `counts` (default split_counts(n, P))."""
     P, r = wire.size, wire.rank
-    starts = offsets(split_counts(buf.size, P))
+    starts = offsets(counts or split_counts(buf.size, P))
     block = lambda i: buf[starts[i % P]:starts[i % P + 1]]  # noqa: E731
     for s in range(P - 1):
         send_recv_reduce(wire, block(r - s - 1), (r + 1) % P, block(r - s - 2), (r - 1) % P, op)
 
 
-def ring_allgather(wire, buf):
-    """Rank r starts holding block r of buf; after P-1 steps everyone holds every block."""
+def ring_allgather(wire, buf, counts=None):
+    """Rank r starts holding block r of buf (blocks: `counts`, default split_counts(n, P)); after
+    P-1 steps everyone holds every block."""
     P, r = wire.size, wire.rank
-    starts = offsets(split_counts(buf.size, P))
+    starts = offsets(counts or split_counts(buf.size, P))
     block = lambda i: buf[starts[i % P]:starts[i % P + 1]]  # noqa: E731
     for s in range(P - 1):
         wire.sendrecv(block(r - s), (r + 1) % P, block(r - s - 1), (r - 1) % P)

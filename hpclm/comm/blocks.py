@@ -21,32 +21,40 @@ def _counted(key, comm, body):
     wire.commit()
 
 
-def _blocks(n, P):
-    counts = split_counts(n, P)
-    return counts, offsets(counts)
+def _blocks(n, P, counts=None):
+    """(block counts, their offsets): `counts` checked against n and P, or split_counts(n, P)."""
+    if counts is None:
+        counts = split_counts(n, P)
+    elif len(counts) != P or sum(counts) != n or min(counts) < 0:
+        raise UserError(f"comm: block counts {list(counts)} do not split {n} elements over {P} ranks")
+    return list(counts), offsets(counts)
 
 
 # --- reduce_scatter: n elements in, block r of the reduction out ----------------------------
 
-def reduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
-    """Rank r gets block r (split_counts(n, P)) of the reduction of everyone's sendbuf (n,).
+def reduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring", counts=None):
+    """Rank r gets block r of the reduction of everyone's sendbuf (n,); blocks are `counts` (P
+    element counts summing to n, zeros allowed: ZeRO's shard edges) or split_counts(n, P).
 
     recvbuf None: in place, returns the view of sendbuf holding block r (the rest of sendbuf is
     left as scratch). Otherwise sendbuf is untouched and recvbuf (counts[r],) receives block r.
+    Bytes: the ring sends every block but its own, (n - counts[r]) elements; MPI's own is charged
+    the same.
     """
     impl = lookup({"ring": "ring", "mpi": "mpi"}, ops.algorithm_for(op, algorithm, "ring"), "reduce_scatter")
     ops.check(sendbuf, op)
     P, r = comm.Get_size(), comm.Get_rank()
-    counts, starts = _blocks(sendbuf.size, P)
+    counts, starts = _blocks(sendbuf.size, P, counts)
     work, deliver = buffers.prepare(sendbuf if recvbuf is None else sendbuf.copy())   # (n,)
 
     def body(wire):
         if impl == "ring":
-            algorithms.ring_reduce_scatter(wire, work, op)
+            algorithms.ring_reduce_scatter(wire, work, op, counts)
         else:
             comm.Reduce_scatter(MPI.IN_PLACE, work, counts, op=_MPI_OPS[op])   # block r lands at work[0:]
             work[starts[r]:starts[r + 1]] = work[:counts[r]].copy()
-            wire.charge((P - 1) * work.nbytes // P, (P - 1) * work.nbytes // P)
+            moved = (work.size - counts[r]) * work.itemsize
+            wire.charge(moved, moved)
     _counted(f"reduce_scatter:{impl}", comm, body)
     ops.finish(work[starts[r]:starts[r + 1]], op, P)
     full = deliver().reshape(-1)
@@ -60,17 +68,18 @@ def reduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
 
 # --- allgather: block r in, all blocks out ---------------------------------------------------
 
-def allgather(comm, sendbuf, recvbuf=None, algorithm="ring"):
+def allgather(comm, sendbuf, recvbuf=None, algorithm="ring", counts=None):
     """Every rank's sendbuf, concatenated in rank order into recvbuf (n,).
 
-    Rank r's sendbuf must hold split_counts(n, P)[r] elements; recvbuf None allocates
-    P * sendbuf.size elements (equal blocks).
+    Rank r's sendbuf must hold counts[r] elements (`counts`: P element counts, zeros allowed, or
+    split_counts(n, P)); recvbuf None allocates P * sendbuf.size elements (equal blocks). sendbuf
+    may be the view of recvbuf where block r lies.
     """
     impl = lookup({"ring": "ring", "mpi": "mpi"}, algorithm, "allgather")
     P, r = comm.Get_size(), comm.Get_rank()
     if recvbuf is None:
         recvbuf = xp.array_module(sendbuf).empty(P * sendbuf.size, dtype=sendbuf.dtype)
-    counts, starts = _blocks(recvbuf.size, P)
+    counts, starts = _blocks(recvbuf.size, P, counts)
     _check_size(sendbuf, counts[r], "sendbuf")
     full = recvbuf.reshape(-1)
     full[starts[r]:starts[r + 1]] = sendbuf.reshape(-1)
@@ -78,7 +87,7 @@ def allgather(comm, sendbuf, recvbuf=None, algorithm="ring"):
 
     def body(wire):
         if impl == "ring":
-            algorithms.ring_allgather(wire, work)
+            algorithms.ring_allgather(wire, work, counts)
         else:
             comm.Allgatherv(MPI.IN_PLACE, [work, (counts, starts[:-1])])
             wire.charge(work[starts[r]:starts[r + 1]].nbytes * (P - 1), work.nbytes - counts[r] * work.itemsize)

@@ -98,9 +98,9 @@ def iallreduce(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
     return start(allreduce, comm, sendbuf, recvbuf, op=op, algorithm=algorithm)
 
 
-def ireduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring"):
-    return start(reduce_scatter, comm, sendbuf, recvbuf, op=op, algorithm=algorithm)
+def ireduce_scatter(comm, sendbuf, recvbuf=None, op="sum", algorithm="ring", counts=None):
+    return start(reduce_scatter, comm, sendbuf, recvbuf, op=op, algorithm=algorithm, counts=counts)
 
 
-def iallgather(comm, sendbuf, recvbuf=None, algorithm="ring"):
-    return start(allgather, comm, sendbuf, recvbuf, algorithm=algorithm)
+def iallgather(comm, sendbuf, recvbuf=None, algorithm="ring", counts=None):
+    return start(allgather, comm, sendbuf, recvbuf, algorithm=algorithm, counts=counts)

@@ -9,18 +9,14 @@ exchanged after backward on the training thread. What a bucket's exchange is, is
 `reduce_bucket(comm, grad, i, timer)`.
 
 Timing: on the training thread the exchange charges its own regions (`comm`, and `compress` /
-`decompress` for codecs). On the communication thread it runs under a private Timer whose regions
-are charged at `finish()`: `comm` as `comm_async` (in flight, maybe hidden), the others under their
-own names (they ran alongside backward); the training thread's wait is `comm_wait`, so
-comm_async - comm_wait is the hidden communication.
+`decompress` for codecs); on the communication thread they are charged as parallel.background
+does (`comm` as `comm_async`, the wait as `comm_wait`), so comm_async - comm_wait is the hidden
+communication.
 """
-import threading
-
 from hpclm import comm as C
-from hpclm.comm.nonblocking import shadow, start
 from hpclm.errors import UserError
+from hpclm.parallel.background import Background
 from hpclm.parallel.sync import GradSync
-from hpclm.timing.timer import Timer
 
 MiB = 1 << 20
 
@@ -37,20 +33,18 @@ def bucket_bounds(size, itemsize, bucket_mb):
 class BucketedSync(GradSync):
     """Buckets, overlap and timing; subclasses implement reduce_bucket(comm, grad, i, timer)."""
 
-    def __init__(self, group, grad_flat, comm_cfg, grad_scale=1.0, timer=None):
-        """comm_cfg: the `comm` config section (algorithm, bucket_mb, overlap)."""
+    def __init__(self, group, grad_flat, comm_cfg, grad_scale=1.0, timer=None, buckets=None):
+        """comm_cfg: the `comm` config section (algorithm, bucket_mb, overlap); `buckets`: the
+        [(start, stop)] slices, highest first (default: cut every comm.bucket_mb)."""
         super().__init__(group, grad_flat, grad_scale, timer)
         if comm_cfg.algorithm not in C.ALGORITHMS:
             raise UserError(f"comm.algorithm {comm_cfg.algorithm!r} is unknown; choose one of {', '.join(C.ALGORITHMS)}")
         self.algorithm = comm_cfg.algorithm
         self.overlapped = self.world > 1 and comm_cfg.overlap
-        self.buckets = bucket_bounds(grad_flat.shape[0], grad_flat.itemsize, comm_cfg.bucket_mb)
+        self.buckets = buckets or bucket_bounds(grad_flat.shape[0], grad_flat.itemsize, comm_cfg.bucket_mb)
         self._pending = []
         self._next = 0                       # index of the next bucket to start
-        self._async = {}                     # region -> seconds measured on the communication thread
-        self._lock = threading.Lock()
-        if self.overlapped:
-            shadow(group)                    # collective Dup now, on the main thread, not inside backward
+        self._background = Background(group) if self.overlapped else None
 
     def reduce_bucket(self, comm, grad, i, timer):
         """Exchange bucket i (`grad`, already scaled) over `comm` (None: this rank alone)."""
@@ -63,19 +57,13 @@ class BucketedSync(GradSync):
             grad *= grad.dtype.type(self.grad_scale)
         return grad
 
-    def _reduce_async(self, wire_comm, i):
-        """Bucket i on the communication thread, timed on a Timer of its own."""
-        timer = Timer()
+    def _reduce_async(self, wire_comm, i, timer):
         self.reduce_bucket(wire_comm, self._scaled(i), i, timer)
-        with self._lock:
-            for region, seconds in timer.collect().items():
-                region = "comm_async" if region == "comm" else region
-                self._async[region] = self._async.get(region, 0.0) + seconds
 
     def grad_ready(self, offset):
         """Backward callback: start every bucket lying entirely at or above `offset`."""
         while self._next < len(self.buckets) and self.buckets[self._next][0] >= offset:
-            self._pending.append(start(self._reduce_async, self.group, self._next))
+            self._pending.append(self._background.start(self._reduce_async, self._next))
             self._next += 1
 
     def backward_hook(self, last_micro):
@@ -84,15 +72,7 @@ class BucketedSync(GradSync):
     def average(self):
         if self.overlapped:
             self.grad_ready(0)
-            t = self.timer
-            t and t.start("comm_wait")
-            for req in self._pending:
-                req.wait()
-            t and t.stop("comm_wait")
-            with self._lock:
-                measured, self._async = self._async, {}
-            for region, seconds in measured.items():
-                t and t.add(region, seconds)
+            self._background.wait(self._pending, self.timer)
         else:
             wire = self.group if self.world > 1 else None
             for i in range(len(self.buckets)):

@@ -34,6 +34,42 @@ def test_reduce_scatter_and_allgather_round_trip(world, algorithm, n):
     assert_all(world, np.array_equal(full, total), f"allgather {full}")
 
 
+def uneven_counts(n, P):
+    """ZeRO-like block counts: zeros, one big block, a remainder (sums to n)."""
+    counts = [0] * P
+    counts[-1] = n
+    if P > 2:
+        counts[1], counts[-1] = n // 3, n - n // 3
+    return counts
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "mpi"])
+@pytest.mark.parametrize("n", [0, 1, 10, 1001])
+def test_blocks_with_explicit_counts(world, algorithm, n):
+    """reduce_scatter / allgather on given block counts (zeros allowed) equal the reduction's blocks;
+    the ring sends every block but its own, and rank-0-owned bytes travel under the caller's group."""
+    P, r = world.Get_size(), world.Get_rank()
+    counts = uneven_counts(n, P)
+    starts = offsets(counts)
+    x = ranks_data(n, r, "float64")
+    total = sum(ranks_data(n, q, "float64") for q in range(P))
+    comm.counters.reset()
+    mine = comm.reduce_scatter(world, x.copy(), algorithm=algorithm, counts=counts)
+    sent = comm.counters.snapshot()[f"reduce_scatter:{algorithm}"]["bytes_sent"] if P > 1 else 0
+    assert_all(world, np.array_equal(mine, total[starts[r]:starts[r + 1]]), f"reduce_scatter {mine}")
+    assert_all(world, P == 1 or sent == (n - counts[r]) * 8, f"sent {sent} vs {(n - counts[r]) * 8}")
+    full = np.zeros(n)
+    comm.allgather(world, mine.copy(), full, algorithm=algorithm, counts=counts)
+    assert_all(world, np.array_equal(full, total), f"allgather {full}")
+    in_place = total.copy()
+    in_place[:] = -1
+    in_place[starts[r]:starts[r + 1]] = mine
+    comm.allgather(world, in_place[starts[r]:starts[r + 1]], in_place, algorithm=algorithm, counts=counts)
+    assert_all(world, np.array_equal(in_place, total), "allgather from a view of its own recvbuf")
+    with pytest.raises(UserError, match="do not split"):
+        comm.reduce_scatter(world, x.copy(), algorithm=algorithm, counts=[n + 1] + [0] * (P - 1))
+
+
 @pytest.mark.parametrize("algorithm", ["tree", "mpi"])
 def test_bcast_and_reduce_from_every_root(world, algorithm):
     P, r = world.Get_size(), world.Get_rank()
