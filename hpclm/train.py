@@ -334,7 +334,8 @@ def train_steps(s, stop):
             save_checkpoint(s, step + 1)
         s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
                             bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
-                            tokens=tokens_per_step // s.dp_size, lr=lr, grad_norm=grad_norm, global_loss=global_loss)
+                            tokens=tokens_per_step // s.dp_size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
+                            memory=s.strategy.memory())
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
             break

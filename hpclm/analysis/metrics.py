@@ -63,6 +63,8 @@ class RunSummary:
     stragglers: list
     final_loss: float           # training loss of the last logged step
     final_val_loss: float       # validation loss of the last evaluation (NaN if none)
+    group_bytes_sent: dict = None   # group -> bytes per step per rank (mean), groups that moved any
+    memory: dict = None         # kind -> bytes held, max over steps and ranks (schema version >= 2)
 
 
 def _region_sum(record, names, rows):
@@ -125,7 +127,10 @@ def summarize(record, skip_steps=1, name=None):
         tokens_per_s=float(record.per_rank["tokens"][rows].sum() / step_time.max(axis=1).sum()),
         bytes_sent=float(sent.mean()), bytes_recv=float(record.per_rank["bytes_recv"][rows].mean()),
         compression_ratio=float(uncompressed.sum() / sent.sum()) if sent.sum() > 0 and uncompressed.sum() > 0 else None,
-        stragglers=stragglers(step_time), final_loss=_final_loss(record), final_val_loss=_final_val_loss(record))
+        stragglers=stragglers(step_time), final_loss=_final_loss(record), final_val_loss=_final_val_loss(record),
+        group_bytes_sent={g: float(v["bytes_sent"][rows].mean()) for g, v in record.per_group.items()
+                          if np.any(v["bytes_sent"][rows] > 0)},
+        memory={k: float(v[rows].max()) for k, v in record.memory.items()})
 
 
 def scaling(summaries):

@@ -48,6 +48,10 @@ def format_run(summary, record):
                  f"   last validation loss {s.final_val_loss:.4f}")
     ratio = f", compression ratio {s.compression_ratio:.2f}x" if s.compression_ratio else ""
     lines.append(f"  per step per rank: sent {megabytes(s.bytes_sent)}, received {megabytes(s.bytes_recv)}{ratio}")
+    if s.group_bytes_sent:
+        lines.append("  sent per group: " + ", ".join(f"{g} {megabytes(b)}" for g, b in s.group_bytes_sent.items()))
+    if s.memory:
+        lines.append("  memory per rank (max): " + ", ".join(f"{k} {megabytes(b)}" for k, b in s.memory.items()))
     if s.stragglers:
         listed = ", ".join(f"rank {x.rank} +{x.excess:.1%} (+{ms(x.excess_s).strip()} ms)" for x in s.stragglers)
         lines.append(f"  stragglers (median step time > {metrics.STRAGGLER_THRESHOLD:.0%} above "

@@ -97,38 +97,6 @@ class ShardPlan:
         return (a - s0, b - s0) if b > a else (0, 0)
 
 
-def state_buffers(optim_name):
-    """How many flat state buffers the optimizer keeps (momentum 1, AdamW 2)."""
-    return len(OPTIMIZERS[optim_name].state_names)
-
-
-def planned_memory(stage, layout, world, rank, optim_name, itemsize, live_params=0, live_grads=0):
-    """Bytes rank holds in params, grads and optimizer state at ZeRO `stage` (0-3): what
-    ZeroOptimizer allocates (and DistributedOptimizer at stage 0), from the layout alone. live_*:
-    elements of temporary unit buffers alive at the peak (stages 2-3)."""
-    lo, hi = ShardPlan(layout.size, world).shard(rank)
-    full, shard = layout.size, hi - lo
-    params = full if stage < 3 else shard + live_params
-    grads = full if stage < 2 else shard + live_grads
-    return {"params": params * itemsize, "grads": grads * itemsize,
-            "optimizer": (full if stage == 0 else shard) * state_buffers(optim_name) * itemsize}
-
-
-def peak_live_elements(layout, stage):
-    """Elements of temporary unit buffers alive at once at the peak: stage 2, the gradients of the
-    largest unit's reads (the tied head also writes wte); stage 3 also its parameters and the next
-    unit's prefetched ones."""
-    ranges = {u: hi - lo for u, lo, hi in unit_ranges(layout)}
-    reads = [n + (ranges["embedding"] if u == "head" and "lm_head.weight" not in layout.by_name else 0)
-             for u, n in ranges.items()]
-    biggest = max(reads)
-    if stage == 2:
-        return 0, biggest
-    if stage == 3:
-        return 2 * biggest, biggest
-    return 0, 0
-
-
 # ---------------------------------------------------------------------------------- stage 1
 class UnitReduceScatter(BucketedSync):
     """Stage 1's gradient sync: the units are the buckets, each reduce-scattered in place (averaged)

@@ -25,6 +25,7 @@ class RunRecord:
     per_step: dict      # schema.GLOBAL_FIELDS -> (S,)
     evals: dict         # schema.EVAL_FIELDS -> (E,)
     per_group: dict = field(default_factory=dict)   # group -> {schema.GROUP_FIELDS -> (S, P)}; {} for version 1
+    memory: dict = field(default_factory=dict)      # schema.MEMORY_KINDS -> (S, P) bytes; {} for version 1
 
     @property
     def world_size(self):
@@ -81,10 +82,9 @@ def read_run(path_or_run_dir):
             meta = schema.decode_meta(f.attrs)
             regions = sorted(f[schema.TIME_GROUP], key=_region_order)
             rank_group, global_group, eval_group = f[schema.RANK_GROUP], f[schema.GLOBAL_GROUP], f[schema.EVAL_GROUP]
-            group_cols = [schema.group_column(g, n) for g in schema.GROUPS for n in schema.GROUP_FIELDS] \
-                if int(version) >= 2 else []
+            v2 = list(schema.VERSION2_COLUMNS) if int(version) >= 2 else []
             step_sets = [f[schema.STEP_PATH]] + [f[schema.TIME_GROUP][r] for r in regions] \
-                + [rank_group[n] for n in schema.RANK_FIELDS + tuple(group_cols)] \
+                + [rank_group[n] for n in schema.RANK_FIELDS + tuple(v2)] \
                 + [global_group[n] for n in schema.GLOBAL_FIELDS]
             n_steps = min(d.shape[0] for d in step_sets)
             n_evals = min(eval_group[n].shape[0] for n in schema.EVAL_FIELDS)
@@ -95,6 +95,7 @@ def read_run(path_or_run_dir):
                 per_step=_read_group(global_group, schema.GLOBAL_FIELDS, n_steps),
                 evals=_read_group(eval_group, schema.EVAL_FIELDS, n_evals),
                 per_group={g: {n: rank_group[schema.group_column(g, n)][:n_steps] for n in schema.GROUP_FIELDS}
-                           for g in schema.GROUPS if group_cols})
+                           for g in schema.GROUPS if v2},
+                memory={k: rank_group[schema.memory_column(k)][:n_steps] for k in schema.MEMORY_KINDS if v2})
         except (KeyError, ValueError, OSError) as exc:
             raise UserError(f"{path} is a damaged hpclm timing record: {exc}") from None

@@ -74,12 +74,13 @@ class Recorder:
 
     def log_step(self, step, region_times, *, step_time=None, bytes_sent=0, bytes_recv=0, bytes_by_group=None,
                  bytes_uncompressed=0, loss=math.nan, tokens=0, lr=math.nan, grad_norm=math.nan,
-                 global_loss=math.nan):
+                 global_loss=math.nan, memory=None):
         """Buffer this rank's row of `step`. `region_times`: seconds per region (e.g.
         `timer.collect()`), absent regions count 0; `step_time` defaults to the time since the
         previous `log_step`. `bytes_by_group` {group: (sent, received)} (groups outside
         schema.GROUPS count as "other") fills the per-group columns, and then bytes_sent and
-        bytes_recv are their sums. lr, grad_norm and global_loss are global: rank 0's are stored."""
+        bytes_recv are their sums. `memory` {kind: bytes} (schema.MEMORY_KINDS) what the rank holds.
+        lr, grad_norm and global_loss are global: rank 0's are stored."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -99,6 +100,8 @@ class Recorder:
                 row[fields[schema.group_column(group, "bytes_sent")]] += sent
                 row[fields[schema.group_column(group, "bytes_recv")]] += recv
                 bytes_sent, bytes_recv = bytes_sent + sent, bytes_recv + recv
+        for kind, n in (memory or {}).items():
+            row[fields[schema.memory_column(kind)]] = n
         row[fields["step_time"]] = now - self._last_step_end if step_time is None else step_time
         row[fields["bytes_sent"]] = bytes_sent
         row[fields["bytes_recv"]] = bytes_recv

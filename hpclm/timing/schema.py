@@ -10,6 +10,8 @@ stays readable up to its last flush; S = logged steps, P = world size, E = evalu
     /rank/group/<g>/<f>    (S, P)  float64  bytes_sent, bytes_recv of communicator group g (world,
                                             dp, tp, pp, node, other; hpclm.comm.counters); they add
                                             up to /rank/bytes_sent and /rank/bytes_recv (version >= 2)
+    /rank/memory/<kind>    (S, P)  float64  bytes the rank held in params, grads, optimizer,
+                                            activations (peak of the step), from its arrays (>= 2)
     /global/<field>        (S,)    float64  lr, grad_norm, loss (global mean),
                                             elapsed (seconds since the recorder started, rank 0)
     /eval/<field>          (E,)             step (int64), val_loss, train_loss (float64)
@@ -48,6 +50,7 @@ REGIONS = COMPUTE_REGIONS + EXPOSED_COMM_REGIONS + OTHER_REGIONS + (BACKGROUND_C
 RANK_FIELDS = ("step_time", "bytes_sent", "bytes_recv", "bytes_uncompressed", "loss", "tokens")
 GROUPS = ("world", "dp", "tp", "pp", "node", "other")
 GROUP_FIELDS = ("bytes_sent", "bytes_recv")
+MEMORY_KINDS = ("params", "grads", "optimizer", "activations")
 GLOBAL_FIELDS = ("lr", "grad_norm", "loss", "elapsed")
 EVAL_FIELDS = ("step", "val_loss", "train_loss")
 
@@ -82,9 +85,16 @@ def group_column(group, field):
 
 def rank_columns(regions):
     """Column names of one rank's per-step row: ("time/<region>", ...), RANK_FIELDS, then the
-    per-group byte columns."""
-    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS + \
-        tuple(group_column(g, f) for g in GROUPS for f in GROUP_FIELDS)
+    per-group byte and the memory columns."""
+    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS + VERSION2_COLUMNS
+
+
+def memory_column(kind):
+    return f"memory/{kind}"
+
+
+VERSION2_COLUMNS = tuple(group_column(g, f) for g in GROUPS for f in GROUP_FIELDS) + \
+    tuple(memory_column(k) for k in MEMORY_KINDS)
 
 
 def dataset_path(column):

@@ -14,7 +14,8 @@ from hpclm.config import Config, ModelConfig, OptimConfig
 from hpclm.data import BatchSampler
 from hpclm.model import GPT
 from hpclm.parallel.build import build_strategy
-from hpclm.parallel.zero import ShardPlan, planned_memory, unit_ranges
+from hpclm.parallel.memory import planned_memory
+from hpclm.parallel.zero import ShardPlan, unit_ranges
 from hpclm.timing.timer import Timer
 from hpclm.train import train_step
 

@@ -1,0 +1,58 @@
+"""Per-rank memory: what a strategy holds in parameters, gradients, optimizer state and
+activations, predicted from a config and a layout by the same plans the strategies allocate from
+(parallel/zero.py's ShardPlan), so that what is measured on small models here is the code that
+predicts a 175B model on 1,024 ranks (`hpclm memory`).
+
+    planned_memory(stage, layout, world, rank, optim, itemsize)   # params / grads / optimizer bytes
+    activation_bytes(model_cfg, batch, T, itemsize)                # the caches of one forward (peak)
+"""
+from hpclm.optim import OPTIMIZERS
+from hpclm.parallel.zero import ShardPlan, unit_ranges
+
+
+def state_buffers(optim_name):
+    """How many flat state buffers the optimizer keeps (momentum 1, AdamW 2)."""
+    return len(OPTIMIZERS[optim_name].state_names)
+
+
+def planned_memory(stage, layout, world, rank, optim_name, itemsize, live_params=0, live_grads=0):
+    """Bytes rank holds in params, grads and optimizer state at ZeRO `stage` (0-3): what
+    ZeroOptimizer allocates (and DistributedOptimizer at stage 0), from the layout alone. live_*:
+    elements of temporary unit buffers alive at the peak (stages 2-3)."""
+    lo, hi = ShardPlan(layout.size, world).shard(rank)
+    full, shard = layout.size, hi - lo
+    params = full if stage < 3 else shard + live_params
+    grads = full if stage < 2 else shard + live_grads
+    return {"params": params * itemsize, "grads": grads * itemsize,
+            "optimizer": (full if stage == 0 else shard) * state_buffers(optim_name) * itemsize}
+
+
+def peak_live_elements(layout, stage):
+    """Elements of temporary unit buffers alive at once at the peak: stage 2, the gradients of the
+    largest unit's reads (the tied head also writes wte); stage 3 also its parameters and the next
+    unit's prefetched ones."""
+    ranges = {u: hi - lo for u, lo, hi in unit_ranges(layout)}
+    reads = [n + (ranges["embedding"] if u == "head" and "lm_head.weight" not in layout.by_name else 0)
+             for u, n in ranges.items()]
+    biggest = max(reads)
+    if stage == 2:
+        return 0, biggest
+    if stage == 3:
+        return 2 * biggest, biggest
+    return 0, 0
+
+
+def activation_elements(cfg, B, T):
+    """(float elements, int elements) of the caches one forward of B x T tokens keeps for backward
+    (hpclm.model's units; N = B T): per block 20 N C + 2 N + B H T^2 (LayerNorm xhat and rstd
+    twice, the inputs of the four linears, q k v, the attention probabilities, GELU's input and
+    tanh); the head's LayerNorm, its input and the softmax N V; the token ids."""
+    N, C, H, V = B * T, cfg.n_embd, cfg.n_head, cfg.vocab_size
+    block = 20 * N * C + 2 * N + B * H * T * T
+    head = 2 * N * C + N + N * V
+    return cfg.n_layer * block + head, 2 * N
+
+
+def activation_bytes(cfg, B, T, itemsize, int_itemsize=8):
+    floats, ints = activation_elements(cfg, B, T)
+    return floats * itemsize + ints * int_itemsize
