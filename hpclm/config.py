@@ -140,13 +140,13 @@ class CompressConfig:
     name: str = "none"           # compressor, see hpclm.compress.REGISTRY
     error_feedback: str = "auto"  # auto (on where the literature uses it) | on | off
     density: float = 0.01        # topk / randomk: fraction of elements sent
-    topk_method: str = "sampled"  # sampled (DGC's threshold estimate; the exact set, 3-6x faster) | exact
+    topk_method: str = "sampled"  # sampled (DGC's threshold estimate; the exact set, faster) | exact
     sparse_format: str = "compact"  # topk / threshold wire: compact (fp16 + uint16, ~4 B/element)
                                     # | plain (values + int32 indices)
     threshold: float = 1e-3      # threshold: send elements with |g| > threshold
     levels: int = 16             # qsgd: quantization levels s
     block: int = 256             # int8: elements per scale block
-    rank: int = 4                # powersgd: rank r
+    powersgd_rank: int = 4       # powersgd: rank r of the factors
     clusters: int = 16           # kmeans: k centroids (log2(k) bits per element)
     momentum_correction: bool = False  # DGC: accumulate velocity, not gradients, in the residual
     factor_masking: bool = False       # DGC: clear momentum where an element was sent
@@ -172,7 +172,7 @@ class CompressConfig:
             raise UserError(f"compress.topk_method must be exact or sampled, got {self.topk_method!r}")
         if self.sparse_format not in ("compact", "plain"):
             raise UserError(f"compress.sparse_format must be compact or plain, got {self.sparse_format!r}")
-        for name in ("levels", "block", "rank"):
+        for name in ("levels", "block", "powersgd_rank"):
             if getattr(self, name) < 1:
                 raise UserError(f"compress.{name} must be >= 1, got {getattr(self, name)}")
         if self.clusters < 2 or self.clusters & (self.clusters - 1):
@@ -278,6 +278,8 @@ def _section(cfg, name, where):
 
 def _field_type(section_obj, section, key, where):
     types = {f.name: f.type for f in fields(section_obj)}
+    if (section, key) in RENAMED:
+        raise UserError(f"{where}: {section}.{key} is now called {section}.{RENAMED[(section, key)]}")
     if key not in types:
         raise UserError(f"{where}: unknown key {section}.{key}; valid keys of [{section}]: {', '.join(types)}")
     typ = types[key]
@@ -329,6 +331,13 @@ def build_config(toml_path=None, overrides=(), base=None):
     return cfg.validate()
 
 
+RENAMED = {("compress", "rank"): "powersgd_rank"}    # keys stored by earlier versions -> today's
+
+
 def config_from_json(text):
-    """The Config stored in a checkpoint or timing record."""
-    return apply_dict(Config(), json.loads(text), where="stored config").validate()
+    """The Config stored in a checkpoint or timing record (keys of earlier versions renamed)."""
+    data = json.loads(text)
+    for (section, old), new in RENAMED.items():
+        if old in data.get(section, {}):
+            data[section][new] = data[section].pop(old)
+    return apply_dict(Config(), data, where="stored config").validate()

@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from hpclm import checkpoint as ckpt_io
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.config import build_config, config_from_json
 from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
@@ -189,14 +189,14 @@ class Session:
 
 def build_groups(world, pcfg):
     """The dp x tp x pp communicators of [parallel]; UserError (on every rank) if the world does not fit."""
-    return C.Groups.build(world, dp=pcfg.dp or None, tp=pcfg.tp, pp=pcfg.pp)
+    return collectives.Groups.build(world, dp=pcfg.dp or None, tp=pcfg.tp, pp=pcfg.pp)
 
 
 def setup(args, world):
     """Config, groups, data, model, strategy and timing record; a UserError anywhere stops every rank."""
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
-    C.set_cuda_aware(cfg.comm.cuda_aware)
+    collectives.set_cuda_aware(cfg.comm.cuda_aware)
     groups = collectively(world, build_groups, world, cfg.parallel)
     local_ranks = groups.node.Get_size()
     data = load_data(cfg, world, rank)
@@ -307,7 +307,7 @@ def train_steps(s, stop):
     t_start = window_t = time.perf_counter()
     window_tokens, val_loss, step = 0, math.nan, s.start_step
     for step in range(s.start_step, cfg.train.max_steps):
-        before = C.counters.by_group()
+        before = collectives.counters.by_group()
         loss, grad_norm, lr = train_step(s, step)
         last = step == cfg.train.max_steps - 1
         log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == s.start_step
@@ -322,7 +322,7 @@ def train_steps(s, stop):
                 val_loss = evaluate(s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
             s.recorder.log_eval(step, val_loss, global_loss)
             progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
-        moved = bytes_moved(before, C.counters.by_group())
+        moved = bytes_moved(before, collectives.counters.by_group())
         window_tokens += tokens_per_step
         if log_now:
             now = time.perf_counter()

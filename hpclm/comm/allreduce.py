@@ -17,7 +17,6 @@ from hpclm.comm.algorithms import BODIES
 from hpclm.comm.wire import Wire
 from hpclm.errors import UserError
 
-ALGORITHMS = ("mpi", "ring", "recursive_doubling", "rabenseifner", "tree", "hierarchical", "auto")
 _MPI_OPS = {"sum": MPI.SUM, "average": MPI.SUM, "max": MPI.MAX}
 _cost = {"params": None}
 
@@ -48,12 +47,12 @@ def _public(name, body):
     return algorithm
 
 
-mpi = _public("mpi", _mpi_body)
-ring = _public("ring", BODIES["ring"])
-recursive_doubling = _public("recursive_doubling", BODIES["recursive_doubling"])
-rabenseifner = _public("rabenseifner", BODIES["rabenseifner"])
-tree = _public("tree", BODIES["tree"])
-hierarchical = _public("hierarchical", BODIES["hierarchical"])
+# One registry: MPI's own, then every body of hpclm.comm.algorithms (adding an algorithm there adds it
+# here, to comm.ALGORITHMS and to the data-parallel configs), then `auto`.
+ALLREDUCE = {"mpi": _public("mpi", _mpi_body)}
+ALLREDUCE.update({name: _public(name, body) for name, body in BODIES.items()})
+mpi, ring, recursive_doubling, rabenseifner, tree, hierarchical = (
+    ALLREDUCE[n] for n in ("mpi", "ring", "recursive_doubling", "rabenseifner", "tree", "hierarchical"))
 
 
 def set_cost_params(params):
@@ -81,8 +80,8 @@ def auto(comm, sendbuf, recvbuf=None, op="sum"):
     return ALLREDUCE[choose(comm, sendbuf.nbytes)](comm, sendbuf, recvbuf, op)
 
 
-ALLREDUCE = {"mpi": mpi, "ring": ring, "recursive_doubling": recursive_doubling,
-             "rabenseifner": rabenseifner, "tree": tree, "hierarchical": hierarchical, "auto": auto}
+ALLREDUCE["auto"] = auto
+ALGORITHMS = tuple(ALLREDUCE)
 
 
 def lookup(table, algorithm, what):

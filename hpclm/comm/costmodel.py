@@ -19,9 +19,9 @@ Works on paper for any P (e.g. P=1024 with beta = 1/(100e9/8)), including hierar
 
 Cache regimes (optional): beta and gamma may each take a second value, `beta_large` and
 `gamma_large`, used when the all-reduce's per-rank working set, 2n bytes (the buffer plus the
-equally large receive scratch every algorithm uses), exceeds `cache_bytes`. Measured on one
-machine, reductions and shared-memory copies that stay in the last-level cache run 3-5x faster
-than those that stream from DRAM, and a single gamma cannot cover both. With the extra fields
+equally large receive scratch every algorithm uses), exceeds `cache_bytes`: reductions and
+shared-memory copies that stay in the last-level cache run several times faster than those that
+stream from DRAM (results/collectives/README.md), and a single gamma cannot cover both. With the extra fields
 left None the model is the plain single-beta/single-gamma one (e.g. for paper predictions with
 given link parameters). `hpclm bench calibrate` fits all of them; see its docstring.
 """

@@ -197,17 +197,3 @@ def ef_sign_residual(acc, scale):
     launch(kernel("ef", "ef_sign_residual", "v1"), acc.size, (acc, i64(acc.size), numpy.float32(scale)))
     return acc
 
-
-def ef_accumulate(e, g):
-    launch(kernel("ef", "ef_accumulate", "v1"), e.size, (e, g, i64(e.size)))
-    return e
-
-
-def ef_momentum(e, u, g, m):
-    launch(kernel("ef", "ef_momentum", "v1"), e.size, (e, u, g, i64(e.size), numpy.float32(m)))
-    return e
-
-
-def ef_zero_sent(acc, idx, u=None):
-    launch(kernel("ef", "ef_zero_sent", "v1"), idx.size, (acc, u if u is not None else 0, idx, i64(idx.size)))
-    return acc

@@ -95,7 +95,7 @@ class PowerSGD(Compressor):
     aggregate = AGGREGATE_LOW_RANK
 
     def __init__(self, cfg, rank=0):
-        self.rank_r, self.seed = cfg.rank, cfg.seed
+        self.rank_r, self.seed = cfg.powersgd_rank, cfg.seed
         self.q = {}  # n -> warm-start Q
 
     def compress(self, grad, step=0):

@@ -13,7 +13,7 @@ Timing: on the training thread the exchange charges its own regions (`comm`, and
 does (`comm` as `comm_async`, the wait as `comm_wait`), so comm_async - comm_wait is the hidden
 communication.
 """
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm.errors import UserError
 from hpclm.parallel.background import Background
 from hpclm.parallel.sync import GradSync
@@ -37,8 +37,8 @@ class BucketedSync(GradSync):
         """comm_cfg: the `comm` config section (algorithm, bucket_mb, overlap); `buckets`: the
         [(start, stop)] slices, highest first (default: cut every comm.bucket_mb)."""
         super().__init__(group, grad_flat, grad_scale, timer)
-        if comm_cfg.algorithm not in C.ALGORITHMS:
-            raise UserError(f"comm.algorithm {comm_cfg.algorithm!r} is unknown; choose one of {', '.join(C.ALGORITHMS)}")
+        if comm_cfg.algorithm not in collectives.ALGORITHMS:
+            raise UserError(f"comm.algorithm {comm_cfg.algorithm!r} is unknown; choose one of {', '.join(collectives.ALGORITHMS)}")
         self.algorithm = comm_cfg.algorithm
         self.overlapped = self.world > 1 and comm_cfg.overlap
         self.buckets = buckets or bucket_bounds(grad_flat.shape[0], grad_flat.itemsize, comm_cfg.bucket_mb)
@@ -88,5 +88,5 @@ class AllReduceSync(BucketedSync):
             return
         t = timer
         t and t.start("comm")
-        C.allreduce(comm, grad, op="average", algorithm=self.algorithm)
+        collectives.allreduce(comm, grad, op="average", algorithm=self.algorithm)
         t and t.stop("comm")

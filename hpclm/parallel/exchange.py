@@ -46,7 +46,7 @@ Every exchange charges its bytes to hpclm.comm.counters under the communicator's
 """
 import numpy
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.comm.layout import offsets, split_counts
 from hpclm.comm.ops import DTYPES as SUMMABLE_DTYPES
@@ -127,7 +127,7 @@ def exchange_sum(comm, payload, algorithm="mpi", op="sum"):
     if op == "sum" and not all(numpy.dtype(a.dtype) in SUMMABLE_DTYPES for a in payload):
         raise UserError(f"exchange sum: payload dtypes {[str(a.dtype) for a in payload]} cannot be added on the "
                         f"wire; the compressor needs a wire_sum, or use compress.exchange=gather")
-    return tuple(C.allreduce(comm, a if a.flags.c_contiguous and a.ndim == 1 else a.reshape(-1).copy(),
+    return tuple(collectives.allreduce(comm, a if a.flags.c_contiguous and a.ndim == 1 else a.reshape(-1).copy(),
                              op=op, algorithm=algorithm) for a in payload)
 
 
@@ -138,21 +138,21 @@ def exchange_gather(comm, payload, algorithm="mpi"):
     P = _size(comm)
     if P == 1:
         return [payload]
-    group = C.group_name(comm)
+    group = collectives.group_name(comm)
     buf, counts = pack(payload)
     sizes = numpy.empty((P, len(counts) + 1), dtype=numpy.int64)
     comm.Allgather(numpy.array(counts + [buf.nbytes], dtype=numpy.int64), sizes)
-    C.counters.add(SIZES_KEY, sizes[0].nbytes * (P - 1), sizes[0].nbytes * (P - 1), calls=1, group=group)
+    collectives.counters.add(SIZES_KEY, sizes[0].nbytes * (P - 1), sizes[0].nbytes * (P - 1), calls=1, group=group)
     nbytes = sizes[:, -1]
     if numpy.all(nbytes == nbytes[0]):
-        full = C.allgather(comm, buf, algorithm="ring" if algorithm == "ring" else "mpi")
+        full = collectives.allgather(comm, buf, algorithm="ring" if algorithm == "ring" else "mpi")
         starts = numpy.arange(P + 1) * int(nbytes[0])
     else:
         starts = numpy.concatenate([[0], numpy.cumsum(nbytes)])
         full = numpy.empty(int(starts[-1]), dtype=numpy.uint8)
         comm.Allgatherv(buf, [full, (nbytes, starts[:-1])])
         r = comm.Get_rank()
-        C.counters.add(ALLGATHERV_KEY, buf.nbytes * (P - 1), int(starts[-1]) - int(nbytes[r]), calls=1,
+        collectives.counters.add(ALLGATHERV_KEY, buf.nbytes * (P - 1), int(starts[-1]) - int(nbytes[r]), calls=1,
                        group=group)
     return [unpack(full[starts[i]:starts[i + 1]], sizes[i, :-1], payload) for i in range(P)]
 
@@ -184,13 +184,13 @@ def exchange_vote(comm, compressor, payload, n, algorithm="mpi"):
     send = xp.zeros((P, L), dtype=xp.uint8)
     for j in range(P):
         send[j, :counts[j]] = bits[starts[j]:starts[j + 1]]
-    recv = C.alltoall(comm, send.reshape(-1), algorithm="mpi" if algorithm == "mpi" else "pairwise").reshape(P, L)
+    recv = collectives.alltoall(comm, send.reshape(-1), algorithm="mpi" if algorithm == "mpi" else "pairwise").reshape(P, L)
     mine = xp.zeros(L, dtype=xp.uint8)
     if counts[r]:
         elements = min(8 * starts[r + 1], n) - 8 * starts[r]
         vote = compressor.majority_vote([(recv[i, :counts[r]],) for i in range(P)], elements)[0]
         mine[:counts[r]] = vote
-    full = C.allgather(comm, mine, algorithm="ring" if algorithm == "ring" else "mpi").reshape(P, L)
+    full = collectives.allgather(comm, mine, algorithm="ring" if algorithm == "ring" else "mpi").reshape(P, L)
     return (xp.concatenate([full[j, :counts[j]] for j in range(P)]),)
 
 

@@ -23,7 +23,7 @@ sign + scale: scale = ||x||_2 / sqrt(k), signs packed 8 per byte (0 counts as +)
 """
 import numpy
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.compress.base import Context
 from hpclm.compress.ef_sign import EFSign
@@ -102,7 +102,7 @@ class OneBitAllreduce:
 
         send = timed(timer, "compress", worker_compress)
         L = send.size // P
-        recv = timed(timer, "comm", lambda: C.alltoall(comm, send, algorithm=a2a_alg) if P > 1 else send)
+        recv = timed(timer, "comm", lambda: collectives.alltoall(comm, send, algorithm=a2a_alg) if P > 1 else send)
         ctx = Context(k, self.dtype)
 
         def server_compress():
@@ -115,7 +115,7 @@ class OneBitAllreduce:
             return pack(payload)[0]
 
         mine = timed(timer, "compress", server_compress)
-        full = timed(timer, "comm", lambda: C.allgather(comm, mine, algorithm=ag_alg) if P > 1 else mine)
+        full = timed(timer, "comm", lambda: collectives.allgather(comm, mine, algorithm=ag_alg) if P > 1 else mine)
 
         def gather_decompress():
             out = xp.concatenate([comp.decompress(unpack(full[i * L:(i + 1) * L], self._counts, self._like), ctx)

@@ -2,7 +2,7 @@
 for Distributed Optimization", Algorithm 1 with error feedback), over the flat parameter layout.
 
 Every 2-D weight (layout slot with len(shape) == 2, n x m) whose rank-r factors are smaller than
-the matrix, r (n + m) < n m with r = min(compress.rank, n, m), is compressed; every other slot
+the matrix, r (n + m) < n m with r = min(compress.powersgd_rank, n, m), is compressed; every other slot
 (biases, LayerNorm gains, tiny matrices) is all-reduced uncompressed, all in one buffer. Per step,
 after backward, on the training thread:
 
@@ -23,7 +23,7 @@ e.g. the char model (n_embd 128, 4 layers, V 65) at r = 4: ~23x; a single C x 4C
 """
 import numpy
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.compress.powersgd import orthogonalize
 from hpclm.parallel.exchange import timed
@@ -83,7 +83,7 @@ class PowerSGDReducer:
         decompress (G = P Q^T and the error update)."""
         xp = X.array_module(grad_flat)
         world = 1 if comm is None else comm.Get_size()
-        allreduce = (lambda buf: C.allreduce(comm, buf, op="average", algorithm=algorithm)) if world > 1 \
+        allreduce = (lambda buf: collectives.allreduce(comm, buf, op="average", algorithm=algorithm)) if world > 1 \
             else (lambda buf: buf)
         ms = []
 
@@ -150,7 +150,7 @@ class PowerSGDSync(GradSync):
         super().__init__(group, grad_flat, grad_scale, timer)
         from hpclm.compress.memory import wants_memory
         self.algorithm = comm_cfg.algorithm
-        self.reducer = PowerSGDReducer(layout, grad_flat.dtype, rank=compress_cfg.rank, seed=compress_cfg.seed,
+        self.reducer = PowerSGDReducer(layout, grad_flat.dtype, rank=compress_cfg.powersgd_rank, seed=compress_cfg.seed,
                                        error_feedback=wants_memory(compress_cfg))
 
     def average(self):

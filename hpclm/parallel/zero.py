@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.comm.layout import offsets, split_counts
 from hpclm.errors import UserError
@@ -113,7 +113,7 @@ class UnitReduceScatter(BucketedSync):
         lo, hi = self.buckets[i]
         t = timer
         t and t.start("comm")
-        C.reduce_scatter(comm, grad, op="average", algorithm=self.algorithm, counts=self.plan.counts(lo, hi))
+        collectives.reduce_scatter(comm, grad, op="average", algorithm=self.algorithm, counts=self.plan.counts(lo, hi))
         t and t.stop("comm")
 
 
@@ -166,7 +166,7 @@ class ShardedSource:
             if wire_comm is None:
                 buf[...] = opt.shard_params[a:b]
             else:
-                C.allgather(wire_comm, opt.shard_params[a:b], buf, algorithm=opt.algorithm,
+                collectives.allgather(wire_comm, opt.shard_params[a:b], buf, algorithm=opt.algorithm,
                             counts=self.plan.counts(lo, hi))
         t and t.stop("comm")
 
@@ -234,7 +234,7 @@ class ShardedSource:
             if wire_comm is None:
                 mine = buf
             else:
-                mine = C.reduce_scatter(wire_comm, buf, op="average", algorithm=opt.algorithm,
+                mine = collectives.reduce_scatter(wire_comm, buf, op="average", algorithm=opt.algorithm,
                                         counts=self.plan.counts(lo, hi))
             opt.shard_grads[a:b] += mine
         t and t.stop("comm")
@@ -306,7 +306,7 @@ class ZeroOptimizer(DistributedOptimizer):
             self.optimizer.step(self.shard_params, self.shard_grads, lr)
         if self.stage < 3 and self.wire is not None:
             with t.region("comm"):
-                C.allgather(self.wire, self.shard_params, self.model.flat, algorithm=self.algorithm,
+                collectives.allgather(self.wire, self.shard_params, self.model.flat, algorithm=self.algorithm,
                             counts=split_counts(self.layout.size, self.world))
         if self.stage >= 2:
             self.shard_grads.fill(0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import assert_all
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm.compress import REGISTRY
 from hpclm.compress.base import AGGREGATE_GATHER, AGGREGATE_SIGN_VOTE, AGGREGATE_SUM, Compressor, Context
 from hpclm.model.params import ParamLayout
@@ -101,9 +101,9 @@ def test_summable_allreduce(world, algorithm):
     xs = inputs(P)
     comp = Half()
     expect = sum(x.astype(np.float16).astype(np.float32) for x in xs) / P     # exact: small sums of halves
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.allclose(got, expect, rtol=1e-3, atol=1e-3), f"max |d| {np.abs(got - expect).max()}")
     assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
     if algorithm == "mpi":
@@ -122,9 +122,9 @@ def test_gather_topk(world, algorithm, fmt, n, density):
     xs = inputs(P, n=n, seed=1)
     comp = sparse("topk", fmt, density=density)
     expect = sum(comp.decompress(*comp.compress(x)) for x in xs) / np.float32(P)
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.allclose(got, expect, rtol=1e-6, atol=1e-7), f"max |d| {np.abs(got - expect).max()}")
     assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
     key = "allgather:ring" if algorithm == "ring" else "allgather:mpi"
@@ -148,9 +148,9 @@ def test_gather_variable_threshold(world, fmt):
     expect = sum(comp.decompress(*comp.compress(x)) for x in xs) / np.float32(P)
     counts = [comp.as_sparse(comp.compress(x)[0])[0].size for x in xs]
     wire = [sum(_align(b) for b in sparse_arrays(fmt, c, N)) for c in counts]
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, len(set(wire)) > 1, f"sizes all equal {counts}")
     assert_all(world, np.allclose(got, expect, rtol=1e-6, atol=1e-7), f"max |d| {np.abs(got - expect).max()}")
     mine = sparse_arrays(fmt, counts[r], N)
@@ -165,9 +165,9 @@ def test_gather_dense_generic(world):
     xs = inputs(P, seed=3)
     comp = Dense8()
     expect = sum(comp.decompress(*comp.compress(x)) for x in xs) / np.float32(P)
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.allclose(got, expect, rtol=1e-6, atol=1e-7), f"max |d| {np.abs(got - expect).max()}")
     sent, _ = bytes_of(before, after, "allgather:mpi")
     assert_all(world, sent == (P - 1) * (_align(N) + _align(4)), f"sent {sent}")
@@ -179,9 +179,9 @@ def test_sign_majority_vote(world):
     xs = inputs(P, seed=4)
     comp = Sign()
     expect = np.sign(sum(np.where(x >= 0, 1, -1) for x in xs)).astype(np.float32)
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.array_equal(got, expect), f"{np.sum(got != expect)} elements differ")
     if P % 2:
         assert_all(world, np.all(np.abs(got) == 1), "odd P: no ties")
@@ -229,9 +229,9 @@ def test_signsgd_sharded_vote(world, n, algorithm):
     expect = np.where(total >= 0, 1, -1).astype(np.float32)
     comp = SignSGD()
     assert_all(world, CP.exchange_of(comp) == "vote", CP.exchange_of(comp))
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), comp, algorithm=algorithm)
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.array_equal(got, expect), f"{np.sum(got != expect)} of {n} elements differ")
     assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
     if n == 1000 and P % 2 == 0:
@@ -272,9 +272,9 @@ def test_sharded_vote_follows_compressor_ties(world, n):
     xs = signed_inputs(P, n, seed=50 + n)
     total = sum(ieee_signs(x) for x in xs)
     expect = np.where(total > 0, 1, -1).astype(np.float32)
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     got = CP.average(world, xs[r].copy(), SignTiesNegative())
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.array_equal(got, expect), f"{np.sum(got != expect)} of {n} elements differ")
     assert_all(world, wire_total(before, after) == (vote_bytes(n, P),) * 2, f"bytes {wire_total(before, after)}")
 
@@ -285,9 +285,9 @@ def test_signsgd_vote_allgather_alternative(world):
     P, r = world.Get_size(), world.Get_rank()
     xs = signed_inputs(P, N, seed=60)
     sharded = CP.average(world, xs[r].copy(), SignSGD())
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     gathered = CP.average(world, xs[r].copy(), SignSGD(), exchange="vote_gather")
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     assert_all(world, np.array_equal(sharded, gathered), f"{np.sum(sharded != gathered)} elements differ")
     sent, recv = bytes_of(before, after, "allgather:mpi")
     want = (P - 1) * _align((N + 7) // 8)
@@ -329,9 +329,9 @@ def test_onebit_allreduce(world, n):
     for call in range(3):                                            # error buffers carry over
         xs = inputs(P, n=n, seed=10 + call)
         expect = simulate(xs, worker, server)
-        before = C.counters.snapshot()
+        before = collectives.counters.snapshot()
         got = ob.allreduce(world, xs[r].copy())
-        after = C.counters.snapshot()
+        after = collectives.counters.snapshot()
         assert_all(world, np.allclose(got, expect, rtol=1e-5, atol=1e-6), f"call {call}: max |d| {np.abs(got - expect).max()}")
         assert_all(world, np.allclose(ob.worker_error, worker[r], rtol=1e-5, atol=1e-6), "worker error")
         assert_all(world, np.allclose(ob.server_error, server[r], rtol=1e-5, atol=1e-6), "server error")
@@ -394,9 +394,9 @@ def test_powersgd(world, algorithm):
     expect, err, mats = powersgd_simulation(steps, layout, q0, 4)
     assert_all(world, [s.name for s in mats] == ["a", "c", "e"], [s.name for s in mats])
     for s, grads in enumerate(steps):
-        before = C.counters.snapshot()
+        before = collectives.counters.snapshot()
         got = ps.step(world, grads[r].copy(), algorithm=algorithm)
-        after = C.counters.snapshot()
+        after = collectives.counters.snapshot()
         assert_all(world, np.allclose(got, expect[s], rtol=1e-9, atol=1e-11), f"step {s}: max |d| {np.abs(got - expect[s]).max()}")
         assert_all(world, world.allgather(got.tobytes()) == [got.tobytes()] * P, "ranks disagree")
         calls = sum(v["calls"] for v in after.values()) - sum(v["calls"] for v in before.values())
@@ -420,9 +420,9 @@ def test_powersgd_char_model_ratio(world):
     layout = ParamLayout(gpt2_shapes(ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)))
     ps = PowerSGDReducer(layout, np.float32, rank=4, seed=0)
     grad = np.random.default_rng([7, r]).standard_normal(layout.size).astype(np.float32)
-    before = C.counters.snapshot()
+    before = collectives.counters.snapshot()
     ps.step(world, grad, algorithm="mpi")
-    after = C.counters.snapshot()
+    after = collectives.counters.snapshot()
     sent, _ = bytes_of(before, after, "mpi")
     rest_bytes = 2 * (P - 1) * 4 * ps.rest_size // P
     fp32_matrices = 2 * (P - 1) * 4 * ps.matrix_elements() // P

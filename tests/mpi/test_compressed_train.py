@@ -25,7 +25,7 @@ CASES = {
     "topk": ["--set", "compress.name=topk", "--set", "compress.density=0.02", "--set", "comm.bucket_mb=0.005"],
     "topk-no-overlap": ["--set", "compress.name=topk", "--set", "compress.density=0.02",
                         "--set", "comm.bucket_mb=0.005", "--set", "comm.overlap=false"],
-    "powersgd": ["--set", "compress.name=powersgd", "--set", "compress.rank=2"],
+    "powersgd": ["--set", "compress.name=powersgd", "--set", "compress.powersgd_rank=2"],
     "onebit": ["--set", "compress.name=ef_sign", "--set", "comm.bucket_mb=0.005"],
 }
 

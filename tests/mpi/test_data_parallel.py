@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_all
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm.config import CommConfig, Config, ModelConfig, OptimConfig
 from hpclm.data import BatchSampler
 from hpclm.errors import UserError
@@ -60,7 +60,7 @@ def worst(a, b):
     return f"max |d| = {np.max(np.abs(a - b)):.3e}"
 
 
-@pytest.mark.parametrize("algorithm", C.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", collectives.ALGORITHMS)
 @pytest.mark.parametrize("overlap", [False, True], ids=["after-backward", "overlapped"])
 def test_matches_single_process(world, algorithm, overlap):
     cfg = CommConfig(algorithm=algorithm, bucket_mb=0.02, overlap=overlap)     # ~20 KB buckets

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_all
 
-from hpclm import comm as C
+from hpclm import comm as collectives
 from hpclm.config import Config, ModelConfig, OptimConfig
 from hpclm.data import BatchSampler
 from hpclm.model import GPT
@@ -108,9 +108,9 @@ def test_memory_equals_closed_form(world, stage):
 def test_bytes_per_step(world, stage):
     cfg = config(stage, "adamw", grad_accum=1)
     model, strategy = run(world, cfg, steps=1)
-    C.counters.reset()
+    collectives.counters.reset()
     run(world, cfg, steps=1, strategy=strategy, model=model)
-    sent = C.counters.by_group()["world"]["bytes_sent"]
+    sent = collectives.counters.by_group()["world"]["bytes_sent"]
     N, r, psi = world.Get_size(), world.Get_rank(), model.layout.size
     plan = ShardPlan(psi, N)
     shard = lambda q: plan.shard(q)[1] - plan.shard(q)[0]  # noqa: E731

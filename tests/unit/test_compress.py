@@ -13,7 +13,6 @@ from hpclm.compress.powersgd import (approximate, compute_p, compute_q, matrix_s
                                      powersgd_bytes)
 from hpclm.compress.randomk import random_indices
 from hpclm.compress.signsgd import majority_vote
-from hpclm.compress.sparse import sum_sparse
 from hpclm.config import CompressConfig
 from hpclm.errors import UserError
 from hpclm.parallel.exchange import combine_sum
@@ -96,7 +95,7 @@ def test_payload_byte_formulas():
     assert build(cfg("kmeans", clusters=16)).payload_bytes(n) == 500 + 64
     assert build(cfg("kmeans", clusters=8)).payload_bytes(n) == 375 + 32
     assert powersgd_bytes((100, 30), 4, 4) == 130 * 4 * 4
-    assert build(cfg("powersgd", rank=2)).payload_bytes(n) == powersgd_bytes(matrix_shape(n), 2, 4)
+    assert build(cfg("powersgd", powersgd_rank=2)).payload_bytes(n) == powersgd_bytes(matrix_shape(n), 2, 4)
 
 
 def test_none_and_fp16_exact():
@@ -300,11 +299,6 @@ def test_threshold_selects_above(fmt):
         assert np.all(np.abs(v - g[i]) <= fp16_error_bound(g[i], p[1][0]))
 
 
-def test_sum_sparse_scatter_add():
-    payloads = [(np.array([1, 2], np.float32), np.array([0, 3], np.int32)),
-                (np.array([5, 7], np.float32), np.array([3, 4], np.int32))]
-    assert np.array_equal(sum_sparse(payloads, 5, np.float32), [1, 0, 0, 7, 7])
-
 
 def sparse_case(n, k, seed=0, chunks=None):
     """k ascending int32 indices out of n (only inside the given 65536-element chunks, if named)
@@ -415,13 +409,13 @@ def test_powersgd_math():
     assert np.allclose(approximate(p, q), low, atol=1e-8)
     gs = orthogonalize(r.standard_normal((50, 3)), "gram_schmidt")
     assert np.allclose(gs.T @ gs, np.eye(3), atol=1e-6)
-    c = build(cfg("powersgd", rank=2))
+    c = build(cfg("powersgd", powersgd_rank=2))
     g = grad(1000)
     e1 = np.linalg.norm(c.decompress(*c.compress(g)) - g)
     e2 = np.linalg.norm(c.decompress(*c.compress(g)) - g)  # warm start improves the same matrix
     assert e2 <= e1 + 1e-5
     st = c.state_dict()
-    c2 = build(cfg("powersgd", rank=2))
+    c2 = build(cfg("powersgd", powersgd_rank=2))
     c2.load_state_dict(st)
     assert np.array_equal(c2.compress(g)[0][0], c.compress(g)[0][0])
 

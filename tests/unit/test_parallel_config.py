@@ -1,0 +1,77 @@
+"""The [parallel] section and the strategy seam from the command line (one process): bad layouts
+and combinations give one clear line; a checkpoint resumes with another comm.bucket_mb (or says
+why not); a ZeRO run's checkpoint is the ordinary one (`hpclm sample` reads it); renamed keys."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trainutil import assert_same_state, tiny_args  # noqa: E402
+
+from hpclm.cli import main  # noqa: E402
+from hpclm.config import Config, config_from_json  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("token-cache")
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["parallel.zero=4"], "parallel.zero must be 0, 1, 2 or 3"),
+    (["parallel.zero=1", "compress.name=topk"], "ZeRO shards uncompressed gradients"),
+    (["parallel.zero=2", "compress.onebit_adam=true", "compress.name=ef_sign"], "ZeRO shards uncompressed"),
+    (["parallel.zero=1", "comm.algorithm=tree"], "parallel.zero needs comm.algorithm ring or mpi"),
+    (["parallel.tp=2"], "only data parallelism"),
+    (["parallel.dp=3"], "world size 1 != dp*tp*pp"),
+    (["parallel.schedule=zigzag"], "parallel.schedule must be one of"),
+    (["compress.rank=2"], "compress.rank is now called compress.powersgd_rank"),
+    (["compress.exchange=vote", "compress.name=topk"], "compress.exchange=vote does not fit compressor 'topk'"),
+])
+def test_bad_parallel_input_is_one_line(tmp_path, capsys, cache, sets, needle):
+    args = [w for s in sets for w in ("--set", s)]
+    capsys.readouterr()
+    rc = main(["train", "--out", str(tmp_path / "run")] + tiny_args(cache, *args))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("hpclm: error: ") and needle in lines[0], lines
+
+
+def test_stored_config_with_old_key_loads():
+    data = json.loads(Config().to_json())
+    data["compress"]["rank"] = data["compress"].pop("powersgd_rank") + 3
+    assert config_from_json(json.dumps(data)).compress.powersgd_rank == 7
+
+
+def test_resume_with_other_bucket_size(tmp_path, capsys, cache):
+    """Uncompressed: the gradient sync keeps no state, so any comm.bucket_mb resumes bit-exactly.
+    With error feedback (state per bucket) another bucket size is refused with the reason."""
+    straight, part = tmp_path / "straight", tmp_path / "part"
+    small = ["--set", "comm.bucket_mb=0.005"]
+    assert main(["train", "--out", str(straight)] + tiny_args(cache, *small, steps=4)) == 0
+    assert main(["train", "--out", str(part)] + tiny_args(cache, *small, steps=2)) == 0
+    assert main(["train", "--resume", str(part), "--set", "train.max_steps=4", "--set", "comm.bucket_mb=1"]) == 0
+    assert_same_state(straight, part)
+    topk = tmp_path / "topk"
+    sets = ["--set", "compress.name=topk", "--set", "compress.density=0.05", *small]
+    assert main(["train", "--out", str(topk)] + tiny_args(cache, *sets, steps=2)) == 0
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(topk), "--set", "train.max_steps=4", "--set", "comm.bucket_mb=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "comm.bucket_mb" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("stage", [1])
+def test_zero_single_process_equals_plain_and_samples(tmp_path, capsys, cache, stage):
+    """One process: ZeRO's shard is everything, so its run equals the plain one; its checkpoint is
+    the ordinary format, which `hpclm sample` reads."""
+    plain, zero = tmp_path / "plain", tmp_path / f"zero{stage}"
+    common = ["--set", "train.dtype=float64", "--set", "comm.algorithm=ring"]
+    assert main(["train", "--out", str(plain)] + tiny_args(cache, *common, steps=3)) == 0
+    assert main(["train", "--out", str(zero)] + tiny_args(cache, *common, "--set", f"parallel.zero={stage}",
+                                                          steps=3)) == 0
+    assert_same_state(plain, zero)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(zero), "--tokens", "5", "--prompt", "a"]) == 0
+    assert len(capsys.readouterr().out) > 0
