@@ -26,11 +26,11 @@ TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16
 STAGES = (1,)
 
 
-def config(stage, optim, grad_accum=2, dtype="float64"):
+def config(stage, optim, grad_accum=2, dtype="float64", algorithm="ring"):
     cfg = Config(model=MODEL, optim=OptimConfig(name=optim, lr=1e-2, min_lr=1e-3, warmup_steps=1,
                                                 decay_steps=STEPS, grad_clip=0.05, weight_decay=0.1))
     cfg.train.grad_accum, cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype = grad_accum, STEPS, BATCH, dtype
-    cfg.comm.algorithm = "ring"
+    cfg.comm.algorithm = algorithm
     cfg.parallel.zero = stage
     return cfg
 
@@ -82,6 +82,18 @@ def test_equals_single_process(world, stage, optim):
     assert_all(world, close(params, ref), f"stage {stage} {optim}: max |d| {np.abs(params - ref).max():.2e}")
     for name in ref_state:
         assert_all(world, close(state[name], ref_state[name]), f"optimizer {name} differs")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_mpi_collectives_and_no_overlap(world, stage, overlap):
+    """MPI's own Reduce_scatter / Allgatherv on the shard counts, overlapped or not, give the same."""
+    cfg = config(stage, "adamw", algorithm="mpi")
+    cfg.comm.overlap = overlap
+    model, strategy = run(world, cfg)
+    params, _ = full_params(world, strategy)
+    ref, _ = reference("adamw")
+    assert_all(world, close(params, ref), f"stage {stage} mpi: max |d| {np.abs(params - ref).max():.2e}")
 
 
 @pytest.mark.parametrize("stage", STAGES)
