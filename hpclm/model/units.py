@@ -71,12 +71,12 @@ def activation_bytes(cache):
 
 def _layernorm_forward(x, weight, bias):
     """As layers.layernorm_forward, with the cache stripped of the weight (given again in backward)."""
-    out, (xhat, rstd, w) = L.layernorm_forward(x, weight, bias)
-    return out, (xhat, rstd, w)
+    out, (xhat, rstd, _) = L.layernorm_forward(x, weight, bias)
+    return out, (xhat, rstd)
 
 
 def _layernorm_backward(dout, cache, weight, dweight, dbias):
-    return L.layernorm_backward(dout, cache, dweight, dbias)
+    return L.layernorm_backward(dout, (*cache, weight), dweight, dbias)
 
 
 # ---------------------------------------------------------------------------------------- hooks
@@ -148,9 +148,8 @@ class Block:
         a = hooks.column_in(a)
         qkv, _ = L.linear_forward(a, p[self._attn_w], p[self._attn_b])               # (N, 3C)
         y, attn = L.attention_forward(qkv, B, T, self.n_head, self._causal_mask(T, x))  # (N, C)
-        h = y @ p[self._aproj_w]
+        h = hooks.row_out(y @ p[self._aproj_w])                                       # (N, C)
         h += p[self._aproj_b]
-        h = hooks.row_out(h)
         h += x                                                 # residual, into h's own array
         m, ln_2 = _layernorm_forward(h, p[self._ln2_w], p[self._ln2_b])
         m = hooks.column_in(m)
