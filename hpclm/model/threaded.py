@@ -22,7 +22,8 @@ class ThreadedGPT:
     def __init__(self, model, n_threads):
         self.model = model
         self.n_threads = max(1, int(n_threads))
-        self.replicas = [GPT(model.cfg, dtype=model.dtype, flat=model.flat) for _ in range(self.n_threads)]
+        self.replicas = [GPT(model.cfg, dtype=model.dtype, flat=model.flat, hooks=model.hooks)
+                         for _ in range(self.n_threads)]
         self._scratch = X.np.empty_like(model.grad_flat)     # weighted slice gradients, reused every step
         self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="hpclm-rows")
         self._blas = ThreadpoolController()                  # found once: re-scanning libraries costs ~0.2 ms
@@ -48,9 +49,13 @@ class ThreadedGPT:
         losses = self._run(lambda i, a, b: self.replicas[i].loss(idx[a:b], targets[a:b]), slices)
         return sum(loss * (b - a) for loss, (a, b) in zip(losses, slices)) / idx.shape[0]
 
-    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False, timer=None):
+    def forward_backward(self, idx, targets, grad_ready=None, accumulate=False, timer=None, source=None):
         """As GPT.forward_backward: row-weighted mean over the slices, gradients into model.grad_flat.
-        The timer follows the first slice's thread (all slices run the same phases side by side)."""
+        The timer follows the first slice's thread (all slices run the same phases side by side).
+        activation_bytes_peak is the slices' sum (they run at the same time). A parameter source
+        is called in unit order, so it needs the one-thread model (it is refused here)."""
+        if source is not None:
+            raise ValueError("ThreadedGPT runs its slices' units concurrently: use GPT (threads = 1) with a source")
         batch = idx.shape[0]
         slices = self._slices(batch)
         if len(slices) == 1:
@@ -64,6 +69,7 @@ class ThreadedGPT:
                                                      grad_ready=lambda off: combine.reached(i, off))
 
         losses = self._run(work, slices)
+        self.model.activation_bytes_peak = sum(r.activation_bytes_peak for r in self.replicas[:len(slices)])
         return sum(loss * w for loss, w in zip(losses, weights))
 
 
