@@ -9,6 +9,7 @@ import numpy as np
 from hpclm.config import build_config
 from hpclm.errors import UserError
 from hpclm.model.params import ParamLayout, gpt2_shapes
+from hpclm.model.units import gpt_units
 from hpclm.parallel.memory import activation_bytes, peak_live_elements, planned_memory
 
 GiB = float(1 << 30)
@@ -35,7 +36,8 @@ def rows(cfg, world):
                         f"({world} x {cfg.train.grad_accum})")
     out = []
     for stage in range(4):
-        live_params, live_grads = peak_live_elements(layout, stage)
+        live_params, live_grads = peak_live_elements(gpt_units(cfg.model), layout, stage,
+                                                     overlap=cfg.comm.overlap and world > 1)
         held = planned_memory(stage, layout, world, 0, cfg.optim.name, itemsize, live_params, live_grads)
         held["activations"] = activation_bytes(cfg.model, micro, cfg.model.block_size, itemsize)
         out.append((stage, held))

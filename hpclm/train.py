@@ -93,8 +93,10 @@ def threads_per_rank(cfg, local_ranks):
 
 
 def build_model(cfg, threads):
+    """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
+    parameter source, which the one-thread model takes (BLAS still uses the threads)."""
     model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
-    return ThreadedGPT(model, threads) if threads > 1 else model
+    return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
 
 
 def git_commit():
@@ -140,15 +142,16 @@ class Progress:
             print(("\n" if self.tty else "") + text, flush=True)
 
 
-def evaluate(model, tokens, offsets, block_size, group):
-    """Mean loss over the fixed evaluation batches; rows sharded across the dp group, summed over it."""
+def evaluate(model, tokens, offsets, block_size, group, source=None):
+    """Mean loss over the fixed evaluation batches; rows sharded across the dp group, summed over it.
+    source: the strategy's parameter source (None: the model's own buffers)."""
     rank, size = (0, 1) if group is None else (group.Get_rank(), group.Get_size())
     total, count = 0.0, 0
     for batch in offsets:
         rows = batch[rank * len(batch) // size:(rank + 1) * len(batch) // size]
         if len(rows):
             x, y = get_batch(tokens, block_size, rows)
-            total += model.loss(X.to_device(x), X.to_device(y)) * len(rows)
+            total += model.loss(X.to_device(x), X.to_device(y), source=source) * len(rows)
             count += len(rows)
     if size > 1:
         total, count = group.allreduce(np.array([total, count]))      # element-wise sum over ranks
@@ -279,7 +282,7 @@ def train_step(s, step):
             x, y = s.sampler.batch(step, micro, n_micro)
             x, y = X.to_device(x), X.to_device(y)
         loss += model.forward_backward(x, y, grad_ready=strategy.backward_hook(micro, n_micro),
-                                       accumulate=micro > 0, timer=timer)
+                                       accumulate=micro > 0, timer=timer, source=strategy.source)
     grad_norm = strategy.step(lr)
     return loss / n_micro, grad_norm, lr
 
@@ -319,7 +322,7 @@ def train_steps(s, stop):
             want_stop = world.allreduce(want_stop, op=MPI.LOR)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
-                val_loss = evaluate(s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
+                val_loss = evaluate(s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp, s.strategy.source)
             s.recorder.log_eval(step, val_loss, global_loss)
             progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
         moved = bytes_moved(before, collectives.counters.by_group())

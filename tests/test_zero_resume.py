@@ -17,7 +17,7 @@ def train(n, argv, timeout=240):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("stage", [1])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("first, then", [(4, 2), (2, 3)])
 def test_resume_on_another_dp_size(tmp_path, stage, first, then):
     sets = tiny_args(tmp_path / "cache", "--set", f"parallel.zero={stage}", "--set", "train.dtype=float64",

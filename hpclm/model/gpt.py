@@ -60,10 +60,18 @@ class GPT:
         """Parameter count; non_embedding drops wpe (and wte unless it is also the output head)."""
         n = self.layout.size
         if non_embedding:
-            n -= self.params["wpe"].size
+            n -= self.layout.by_name["wpe"].size
             if not self.cfg.tie_weights:
-                n -= self.params["wte"].size
+                n -= self.layout.by_name["wte"].size
         return n
+
+    def drop_gradients(self):
+        """Free the flat gradient buffer: a source (ZeRO 2-3) hands each unit's backward its own."""
+        self.grad_flat = self.grads = None
+
+    def drop_parameters(self):
+        """Free the flat parameter buffer: a source (ZeRO 3) hands each unit its parameters."""
+        self.flat = self.params = None
 
     # ------------------------------------------------------------------------------------ forward
     def _check_input(self, idx, targets=None):
@@ -104,7 +112,7 @@ class GPT:
         model's own views. Sets activation_bytes_peak: the bytes of all caches at the end of forward.
         """
         self._check_input(idx, targets)
-        if not accumulate:
+        if not accumulate and self.grad_flat is not None:
             self.grad_flat.fill(0)
         source = source or self.resident
         B, T = idx.shape

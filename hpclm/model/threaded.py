@@ -42,7 +42,9 @@ class ThreadedGPT:
             futures = [self._pool.submit(fn, i, a, b) for i, (a, b) in enumerate(slices)]
             return [f.result() for f in futures]
 
-    def loss(self, idx, targets):
+    def loss(self, idx, targets, source=None):
+        if source is not None:
+            raise ValueError("ThreadedGPT runs its slices' units concurrently: use GPT (threads = 1) with a source")
         slices = self._slices(idx.shape[0])
         if len(slices) == 1:
             return self.model.loss(idx, targets)

@@ -7,7 +7,7 @@ predicts a 175B model on 1,024 ranks (`hpclm memory`).
     activation_bytes(model_cfg, batch, T, itemsize)                # the caches of one forward (peak)
 """
 from hpclm.optim import OPTIMIZERS
-from hpclm.parallel.zero import ShardPlan, unit_ranges
+from hpclm.parallel.zero import ShardPlan, read_ranges, unit_ranges
 
 
 def state_buffers(optim_name):
@@ -27,20 +27,19 @@ def planned_memory(stage, layout, world, rank, optim_name, itemsize, live_params
             "optimizer": (full if stage == 0 else shard) * state_buffers(optim_name) * itemsize}
 
 
-def peak_live_elements(layout, stage):
-    """Elements of temporary unit buffers alive at once at the peak: stage 2, the gradients of the
-    largest unit's reads (the tied head also writes wte); stage 3 also its parameters and the next
-    unit's prefetched ones."""
-    ranges = {u: hi - lo for u, lo, hi in unit_ranges(layout)}
-    reads = [n + (ranges["embedding"] if u == "head" and "lm_head.weight" not in layout.by_name else 0)
-             for u, n in ranges.items()]
-    biggest = max(reads)
-    if stage == 2:
-        return 0, biggest
-    if stage == 3:
-        return 2 * biggest, biggest
-    return 0, 0
-
+def peak_live_elements(units, layout, stage, overlap):
+    """(parameter, gradient) elements of ZeRO's temporary unit buffers alive at once at the peak.
+    Units read their own ranges (the tied head the embedding's too). Stage 3 gathers the next unit
+    while a unit runs, so two consecutive units' parameters are alive; stages 2-3 keep a unit's
+    gradient buffer until its reduce-scatter is done: with overlap one is in flight while the next
+    unit's backward fills another."""
+    if stage < 2:
+        return 0, 0
+    ranges = {u: (lo, hi) for u, lo, hi in unit_ranges(layout)}
+    reads = [sum(hi - lo for lo, hi in read_ranges(u, ranges)) for u in units]
+    pairs = max((a + b for a, b in zip(reads, reads[1:])), default=reads[0])
+    grads = pairs if overlap else max(reads)
+    return (pairs if stage == 3 else 0), grads
 
 def activation_elements(cfg, B, T):
     """(float elements, int elements) of the caches one forward of B x T tokens keeps for backward

@@ -71,6 +71,13 @@ def unit_ranges(layout):
     return out
 
 
+def read_ranges(unit, ranges):
+    """[(lo, hi)] of the units whose parameters `unit` reads (the tied head: the embedding's too),
+    in flat order; `ranges` {unit name: (lo, hi)}."""
+    owners = sorted({unit_of(name) for name in unit.reads}, key=lambda u: ranges[u][0])
+    return [ranges[u] for u in owners]
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """Contiguous shards of a flat buffer of `size` elements over `world` ranks."""
@@ -140,9 +147,7 @@ class ShardedSource:
         self.order = {id(u): i for i, u in enumerate(self.units)}
 
     def _unit_ranges(self, unit):
-        """[(lo, hi)] of the units whose parameters `unit` reads, in flat order."""
-        owners = sorted({unit_of(name) for name in unit.reads}, key=lambda u: self.ranges[u][0])
-        return [self.ranges[u] for u in owners]
+        return read_ranges(unit, self.ranges)
 
     def _views(self, spans, buffers):
         views = {}
@@ -220,6 +225,7 @@ class ShardedSource:
             if opt.grad_scale != 1.0:
                 buf *= buf.dtype.type(opt.grad_scale)
         if opt.background is not None:
+            self.finish()                      # at most one reduce-scatter in flight: its buffers are live
             self._pending.append((opt.background.start(self._reduce_into_shard, spans, buffers), buffers))
         else:
             self._reduce_into_shard(opt.wire, spans, buffers, opt.timer)
@@ -240,7 +246,7 @@ class ShardedSource:
         t and t.stop("comm")
 
     def finish(self):
-        """Wait for this step's reduce-scatters (the shard gradient is then complete)."""
+        """Wait for the reduce-scatters in flight (after the last one, the shard gradient is complete)."""
         if self._pending:
             self.opt.background.wait([req for req, _ in self._pending], self.opt.timer)
             self._track("grads", -sum(b.size for _, buffers in self._pending for b in buffers))
