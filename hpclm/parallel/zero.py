@@ -45,6 +45,7 @@ from hpclm.parallel.replicas import check_identical
 from hpclm.timing.timer import Timer
 
 ALGORITHMS = ("ring", "mpi")      # reduce-scatter / all-gather algorithms with explicit block counts
+UNTIMED = Timer(enabled=False)
 
 
 # ---------------------------------------------------------------------------------- pure plans
@@ -161,30 +162,33 @@ class ShardedSource:
         self.live[kind] += elements
         self.peak[kind] = max(self.peak[kind], self.live[kind])
 
+    def _launch(self, fn, *args):
+        """fn(comm, *args, timer=...) on the communication thread (returns its request), or here
+        on the training thread without overlap (returns None)."""
+        opt = self.opt
+        if opt.background is not None:
+            return opt.background.start(fn, *args)
+        fn(opt.wire, *args, timer=opt.timer)
+        return None
+
     # -- stage 3: gathers
     def _gather(self, wire_comm, spans, buffers, timer=None):
+        """Each span's parameters from every rank's shard piece into its buffer."""
         opt = self.opt
-        t = timer
-        t and t.start("comm")
-        for (lo, hi), buf in zip(spans, buffers):
-            a, b = self.plan.piece(opt.rank, lo, hi)
-            if wire_comm is None:
-                buf[...] = opt.shard_params[a:b]
-            else:
-                collectives.allgather(wire_comm, opt.shard_params[a:b], buf, algorithm=opt.algorithm,
-                            counts=self.plan.counts(lo, hi))
-        t and t.stop("comm")
+        with (timer or UNTIMED).region("comm"):
+            for (lo, hi), buf in zip(spans, buffers):
+                a, b = self.plan.piece(opt.rank, lo, hi)
+                if wire_comm is None:
+                    buf[...] = opt.shard_params[a:b]
+                else:
+                    collectives.allgather(wire_comm, opt.shard_params[a:b], buf, algorithm=opt.algorithm,
+                                          counts=self.plan.counts(lo, hi))
 
     def _start_gather(self, index, phase):
         spans = self._unit_ranges(self.units[index])
         buffers = [X.np.empty(hi - lo, dtype=self.opt.dtype) for lo, hi in spans]
         self._track("params", sum(b.size for b in buffers))
-        if self.opt.background is not None:
-            req = self.opt.background.start(self._gather, spans, buffers)
-        else:
-            self._gather(self.opt.wire, spans, buffers, self.opt.timer)
-            req = None
-        self._gathered[(index, phase)] = (spans, buffers, req)
+        self._gathered[(index, phase)] = (spans, buffers, self._launch(self._gather, spans, buffers))
 
     def _params(self, index, phase):
         if (index, phase) not in self._gathered:
@@ -224,32 +228,28 @@ class ShardedSource:
         for buf in buffers:
             if opt.grad_scale != 1.0:
                 buf *= buf.dtype.type(opt.grad_scale)
-        if opt.background is not None:
-            self.finish()                      # at most one reduce-scatter in flight: its buffers are live
-            self._pending.append((opt.background.start(self._reduce_into_shard, spans, buffers), buffers))
-        else:
-            self._reduce_into_shard(opt.wire, spans, buffers, opt.timer)
+        self.finish()                          # at most one reduce-scatter in flight: its buffers are live
+        req = self._launch(self._reduce_into_shard, spans, buffers)
+        if req is None:
             self._track("grads", -sum(b.size for b in buffers))
+        else:
+            self._pending.append((req, buffers))
 
     def _reduce_into_shard(self, wire_comm, spans, buffers, timer=None):
+        """Each span's gradient averaged over the ranks, this rank's piece added into the shard."""
         opt = self.opt
-        t = timer
-        t and t.start("comm")
-        for (lo, hi), buf in zip(spans, buffers):
-            a, b = self.plan.piece(opt.rank, lo, hi)
-            if wire_comm is None:
-                mine = buf
-            else:
-                mine = collectives.reduce_scatter(wire_comm, buf, op="average", algorithm=opt.algorithm,
-                                        counts=self.plan.counts(lo, hi))
-            opt.shard_grads[a:b] += mine
-        t and t.stop("comm")
+        with (timer or UNTIMED).region("comm"):
+            for (lo, hi), buf in zip(spans, buffers):
+                a, b = self.plan.piece(opt.rank, lo, hi)
+                mine = buf if wire_comm is None else collectives.reduce_scatter(
+                    wire_comm, buf, op="average", algorithm=opt.algorithm, counts=self.plan.counts(lo, hi))
+                opt.shard_grads[a:b] += mine
 
     def finish(self):
         """Wait for the reduce-scatters in flight (after the last one, the shard gradient is complete)."""
         if self._pending:
             self.opt.background.wait([req for req, _ in self._pending], self.opt.timer)
-            self._track("grads", -sum(b.size for _, buffers in self._pending for b in buffers))
+        self._track("grads", -sum(b.size for _, buffers in self._pending for b in buffers))
         self._pending = []
 
 
@@ -262,7 +262,7 @@ class ZeroOptimizer(DistributedOptimizer):
             raise UserError(f"parallel.zero needs comm.algorithm {' or '.join(ALGORITHMS)} (its reduce-scatter "
                             f"and all-gather), not {comm_cfg.algorithm!r}")
         self.model, self.cfg, self.stage, self.group = model, optim_cfg, stage, group
-        self.timer = timer or Timer(enabled=False)
+        self.timer = timer or UNTIMED
         self.world = 1 if group is None else group.Get_size()
         self.wire = group if self.world > 1 else None
         self.algorithm, self.grad_scale = comm_cfg.algorithm, grad_scale

@@ -97,11 +97,13 @@ def test_mpi_collectives_and_no_overlap(world, stage, overlap):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_memory_equals_closed_form(world, stage):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_memory_equals_closed_form(world, stage, overlap):
     """Bytes held (from the arrays) = the plan (parallel.memory) = the paper's closed form for fp32
     AdamW up to shard rounding, plus the temporary unit buffers of stages 2-3; activations = the
     caches' closed form."""
     cfg = config(stage, "adamw", dtype="float32")
+    cfg.comm.overlap = overlap
     model, strategy = run(world, cfg, steps=1)
     N, r, psi = world.Get_size(), world.Get_rank(), model.layout.size
     held = strategy.memory()
