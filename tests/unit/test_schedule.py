@@ -1,0 +1,65 @@
+"""Pipeline schedules (hpclm.parallel.schedule), without MPI: every op once, forwards before their
+backwards, dependencies across stages respected (the simulator finishes), the bubble of GPipe and
+1F1B equals (p - 1) / (m + p - 1), in-flight activations (1F1B <= p - s on stage s, GPipe m),
+interleaving shrinks the bubble, and a golden diagram."""
+import pytest
+
+from hpclm.errors import UserError
+from hpclm.parallel.schedule import (Op, bubble_fraction, diagram, gpipe, interleaved, one_f_one_b,
+                                     peak_in_flight, schedule, simulate)
+
+CASES = [(p, m) for p in (1, 2, 3, 4) for m in (1, 2, 4, 8, 16)]
+
+
+def check_complete(ops, m, v=1):
+    for stage in ops:
+        assert sorted(stage) == sorted([Op(k, j, c) for k in "FB" for j in range(m) for c in range(v)])
+        seen = set()
+        for op in stage:
+            if op.kind == "B":
+                assert ("F", op.micro, op.chunk) in seen, f"{op} before its forward"
+            seen.add((op.kind, op.micro, op.chunk))
+
+
+@pytest.mark.parametrize("p, m", CASES)
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+def test_gpipe_and_1f1b(name, p, m):
+    ops = schedule(name, p, m)
+    check_complete(ops, m)
+    slots = simulate(ops, forward=1.0, backward=2.0)
+    assert len(slots) == 2 * p * m
+    assert max(x.end for x in slots) == pytest.approx((m + p - 1) * 3.0)
+    assert bubble_fraction(slots) == pytest.approx((p - 1) / (m + p - 1))
+    for s, stage in enumerate(ops):
+        assert peak_in_flight(stage) == (m if name == "gpipe" else min(p - s, m))
+
+
+@pytest.mark.parametrize("p, m, v", [(2, 2, 2), (2, 4, 2), (4, 4, 2), (4, 8, 2), (4, 8, 3), (3, 6, 2)])
+def test_interleaved(p, m, v):
+    ops = interleaved(p, m, v)
+    check_complete(ops, m, v)
+    slots = simulate(ops, forward=1.0 / v, backward=2.0 / v)        # a chunk is 1/v of a stage's layers
+    flat = simulate(one_f_one_b(p, m), forward=1.0, backward=2.0)
+    assert bubble_fraction(slots) < bubble_fraction(flat) or p == 1
+    assert max(x.end for x in slots) == pytest.approx(m * 3.0 + (p - 1) * 3.0 / v)
+
+
+def test_bad_input():
+    with pytest.raises(UserError, match="multiple of the stages"):
+        interleaved(4, 6, 2)
+    with pytest.raises(UserError, match="must be >= 1"):
+        gpipe(0, 4)
+    with pytest.raises(UserError, match="unknown"):
+        schedule("zigzag", 2, 2)
+    with pytest.raises(UserError, match="deadlocks"):
+        simulate([[Op("B", 0), Op("F", 0)], [Op("F", 0), Op("B", 0)]])
+
+
+def test_golden_diagram():
+    """1F1B, 3 stages, 4 micro-batches, backward twice the forward: stage 0 runs F0-F2, waits for
+    B0 to come back (4 idle units), then alternates; the last stage alternates from the start."""
+    assert diagram(simulate(one_f_one_b(3, 4), forward=1, backward=2)) == "\n".join([
+        "stage 0: 012....aa3bb.cc.dd",
+        "stage 1: .01..aa2bb3cc.dd..",
+        "stage 2: ..0aa1bb2cc3dd....",
+    ])
