@@ -63,3 +63,11 @@ def test_golden_diagram():
         "stage 1: .01..aa2bb3cc.dd..",
         "stage 2: ..0aa1bb2cc3dd....",
     ])
+
+
+def test_cli_prints_the_diagram(capsys):
+    from hpclm.cli import main
+    assert main(["schedule", "--pp", "4", "--micro-batches", "8", "--schedule", "interleaved", "--chunks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 3: ...0123" in out and "bubble 0.158" in out        # (p-1)/v / (m + (p-1)/v) = 1.5 / 9.5
+    assert main(["schedule", "--pp", "0"]) == 2
