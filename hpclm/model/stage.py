@@ -1,0 +1,95 @@
+"""A pipeline stage's model: a contiguous range of the GPT's units with its own flat buffers.
+
+    stage = StageModel(cfg, first=0, stop=3, seed=1337)   # Embedding, Block 0, Block 1
+    stage.units, stage.flat, stage.grad_flat, stage.params, stage.grads, stage.layout
+
+`first`/`stop` index the GPT's units (0 = Embedding, 1..L = blocks, L + 1 = Head). The stage's
+flat layout holds the parameters its units own, in the GPT's order; a stage that holds the tied
+Head but not the Embedding keeps its own copy of wte after them (Megatron's word embeddings on
+the last stage), initialised like the first stage's, whose gradients the two stages sum
+(hpclm.parallel.pipeline) so that both copies stay equal. Initial values are the full GPT's, so a
+pipeline starts from exactly the single-process model. No MPI here.
+
+`balanced_ranges(cfg, stages)` cuts the units into stages of about equal parameter counts.
+"""
+import numpy
+
+from hpclm import xp as X
+from hpclm.errors import UserError
+from hpclm.model import units as U
+from hpclm.model.gpt import GPT
+from hpclm.model.params import ParamLayout, gpt2_shapes
+
+
+def unit_sizes(cfg):
+    """Parameter count of each of the GPT's units (Embedding, blocks, Head)."""
+    full = ParamLayout(gpt2_shapes(cfg))
+    return [sum(full.by_name[n].size for n in u.names) for u in U.gpt_units(cfg)]
+
+
+def ranges_from_layers(cfg, stage_layers):
+    """[(first, stop)] unit ranges from the number of blocks per stage (the Embedding joins the first
+    stage, the Head the last)."""
+    if sum(stage_layers) != cfg.n_layer or min(stage_layers) < 0:
+        raise UserError(f"parallel.stage_layers {list(stage_layers)} must be non-negative and sum to "
+                        f"model.n_layer ({cfg.n_layer})")
+    out, at = [], 1
+    for s, n in enumerate(stage_layers):
+        first = 0 if s == 0 else at
+        at += n
+        stop = at + 1 if s == len(stage_layers) - 1 else at
+        out.append((first, stop))
+    return out
+
+
+def balanced_ranges(cfg, stages):
+    """[(first, stop)] unit ranges of `stages` stages whose parameter counts are as equal as block
+    boundaries allow: stage k starts where the running count is nearest k / stages of the total,
+    keeping at least one block per stage (the Embedding joins the first, the Head the last)."""
+    L = cfg.n_layer
+    if not 1 <= stages <= L:
+        raise UserError(f"parallel.pp ({stages}) must be between 1 and model.n_layer ({L}): "
+                        f"every stage needs at least one block")
+    sizes = unit_sizes(cfg)
+    prefix = numpy.concatenate([[0], numpy.cumsum(sizes)])     # prefix[c] = parameters of units < c
+    cuts, lo = [], 2
+    for k in range(1, stages):
+        hi = L - (stages - k) + 1                               # leave a block for every later stage
+        best = min(range(lo, hi + 1), key=lambda c: abs(prefix[c] - prefix[-1] * k / stages))
+        cuts.append(best)
+        lo = best + 1
+    bounds = [0] + cuts + [L + 2]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class StageModel:
+    def __init__(self, cfg, first, stop, seed=0, dtype="float32"):
+        full = GPT(cfg, seed=seed, dtype=dtype)                 # the same initial values as one process
+        units = full.units[first:stop]
+        if not units:
+            raise UserError(f"pipeline stage with units [{first}, {stop}) holds no unit")
+        self.cfg, self.dtype, self.first, self.stop = cfg, numpy.dtype(dtype), first, stop
+        self.units = units
+        names = [n for u in units for n in u.names]
+        self.has_embedding = isinstance(units[0], U.Embedding)
+        self.has_head = isinstance(units[-1], U.Head)
+        self.tied_copy = self.has_head and cfg.tie_weights and not self.has_embedding
+        if self.tied_copy:
+            names.append("wte")
+        self.layout = ParamLayout([(n, full.layout.by_name[n].shape) for n in names])
+        xp = X.np
+        self.flat = xp.zeros(self.layout.size, dtype=self.dtype)
+        self.grad_flat = xp.zeros(self.layout.size, dtype=self.dtype)
+        self.params = self.layout.views(self.flat)
+        self.grads = self.layout.views(self.grad_flat)
+        for n in names:
+            self.params[n][...] = full.params[n]
+        self.resident = U.ResidentSource(self)
+        self.activation_bytes_peak = 0
+
+    def full_offsets(self):
+        """[(stage offset, full-model offset, size)] of every slot but the tied copy: where this
+        stage's parameters sit in the single-process flat layout (for checkpoints)."""
+        full = ParamLayout(gpt2_shapes(self.cfg))
+        return [(s.offset, full.by_name[s.name].offset, s.size) for s in self.layout.slots
+                if not (self.tied_copy and s.name == "wte")]
