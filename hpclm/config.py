@@ -185,8 +185,9 @@ class ParallelConfig:
     tp: int = 1                  # tensor-parallel ranks per model replica
     pp: int = 1                  # pipeline stages
     zero: int = 0                # ZeRO stage over the dp group: 0 off, 1 optimizer state, 2 + gradients, 3 + parameters
-    micro_batches: int = 1       # pipeline micro-batches per step (per dp rank)
+    micro_batches: int = 1       # pipeline micro-batches per step (per dp rank; without a pipeline: more accumulation)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
+    stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
     sync: str = "allreduce"      # how dp replicas agree: allreduce (ps, gossip, local: not built yet)
 
     def validate(self):
@@ -201,9 +202,19 @@ class ParallelConfig:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
-        if self.tp > 1 or self.pp > 1 or self.micro_batches > 1 or self.sync != "allreduce":
-            raise UserError("parallel: only data parallelism (tp = pp = micro_batches = 1, sync = allreduce) "
-                            "is built so far; tensor, pipeline and decentralized training are not")
+        if self.tp > 1 or self.sync != "allreduce":
+            raise UserError("parallel: tensor parallelism (tp > 1) and sync other than allreduce are not built yet")
+        if self.schedule == "interleaved":
+            raise UserError("parallel.schedule=interleaved is not built yet: the executor runs one model chunk "
+                            "per stage (gpipe or 1f1b)")
+        if self.stage_layers and not re.fullmatch(r"\d+(,\d+)*", self.stage_layers):
+            raise UserError(f"parallel.stage_layers must look like 2,2 (blocks per stage), got {self.stage_layers!r}")
+        if self.pp > 1 and self.zero:
+            raise UserError("parallel.zero with parallel.pp > 1 is not built yet")
+
+    def stage_layer_counts(self):
+        """[blocks of each stage] from stage_layers, or None for balanced stages."""
+        return [int(n) for n in self.stage_layers.split(",")] if self.stage_layers else None
 
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -223,10 +234,27 @@ class Config:
     def validate(self):
         for f in fields(self):
             getattr(self, f.name).validate()
+        p = self.parallel
+        if p.pp > 1 and not p.stage_layers and p.pp > self.model.n_layer:
+            raise UserError(f"parallel.pp ({p.pp}) is larger than model.n_layer ({self.model.n_layer}): "
+                            f"every stage needs at least one block")
+        if p.stage_layers and (len(p.stage_layer_counts()) != p.pp or sum(p.stage_layer_counts()) != self.model.n_layer
+                               or min(p.stage_layer_counts()) < 1):
+            raise UserError(f"parallel.stage_layers ({p.stage_layers}) must give each of the {p.pp} stages at least "
+                            f"one block and sum to model.n_layer ({self.model.n_layer})")
+        if p.pp > 1 and self.train.grad_accum > 1:
+            raise UserError("with parallel.pp > 1 use parallel.micro_batches, not train.grad_accum")
+        if p.pp > 1 and self.compress.onebit_adam:
+            raise UserError("compress.onebit_adam with parallel.pp > 1 is not built yet")
         if self.parallel.zero and self.compress.name != "none":
             raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
                             "ZeRO shards uncompressed gradients; use one or the other")
         return self
+
+    def micro_batches(self):
+        """Micro-batches per step per data-parallel rank: train.grad_accum x parallel.micro_batches
+        (a pipeline runs the latter through its schedule; the rest run them one after another)."""
+        return self.train.grad_accum * self.parallel.micro_batches
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -32,7 +32,8 @@ from hpclm.model import GPT
 from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import lr_at
 from hpclm.parallel.agree import collective_error, collectively
-from hpclm.parallel.build import build_strategy
+from hpclm.model.stage import StageModel
+from hpclm.parallel.build import build_strategy, stage_ranges
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
 from hpclm.version import __version__
@@ -92,9 +93,13 @@ def threads_per_rank(cfg, local_ranks):
     return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
-def build_model(cfg, threads):
+def build_model(cfg, threads, groups):
     """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
-    parameter source, which the one-thread model takes (BLAS still uses the threads)."""
+    parameter source, which the one-thread model takes (BLAS still uses the threads). With
+    parallel.pp > 1: this rank's pipeline stage."""
+    if cfg.parallel.pp > 1:
+        first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
+        return StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
     model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
     return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
 
@@ -142,16 +147,16 @@ class Progress:
             print(("\n" if self.tty else "") + text, flush=True)
 
 
-def evaluate(model, tokens, offsets, block_size, group, source=None):
-    """Mean loss over the fixed evaluation batches; rows sharded across the dp group, summed over it.
-    source: the strategy's parameter source (None: the model's own buffers)."""
+def evaluate(strategy, model, tokens, offsets, block_size, group):
+    """Mean loss over the fixed evaluation batches (through the strategy: its parameter source, its
+    pipeline); rows sharded across the dp group, summed over it."""
     rank, size = (0, 1) if group is None else (group.Get_rank(), group.Get_size())
     total, count = 0.0, 0
     for batch in offsets:
         rows = batch[rank * len(batch) // size:(rank + 1) * len(batch) // size]
         if len(rows):
             x, y = get_batch(tokens, block_size, rows)
-            total += model.loss(X.to_device(x), X.to_device(y), source=source) * len(rows)
+            total += strategy.loss(model, X.to_device(x), X.to_device(y)) * len(rows)
             count += len(rows)
     if size > 1:
         total, count = group.allreduce(np.array([total, count]))      # element-wise sum over ranks
@@ -205,15 +210,15 @@ def setup(args, world):
     data = load_data(cfg, world, rank)
     if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
         raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
-    dp_size, n_micro = groups.layout.dp, cfg.train.grad_accum
+    dp_size, n_micro = groups.layout.dp, cfg.micro_batches()
     if cfg.train.batch_size % (dp_size * n_micro):           # the same on every rank
-        raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
-                               f"data-parallel size x grad_accum ({dp_size} x {n_micro})")
+        raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by data-parallel "
+                               f"size x grad_accum x parallel.micro_batches ({dp_size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
-    model = collectively(world, build_model, cfg, threads)
+    model = collectively(world, build_model, cfg, threads, groups)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
-    strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer)
+    strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer, groups.pp)
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
     start_step = 0
     if ckpt is not None:
@@ -271,20 +276,16 @@ def bytes_moved(before, after):
 
 # ------------------------------------------------------------------------------------------ loop
 def train_step(s, step):
-    """One optimizer step: forward/backward of every micro-batch of this rank's shard, then the
-    strategy's step (gradient sync -> clip -> update -> after). Returns (mean loss, grad norm, lr)."""
-    cfg, model, timer, strategy = s.cfg, s.model, s.timer, s.strategy
-    n_micro = cfg.train.grad_accum
+    """One optimizer step: this rank's micro-batches through the strategy's forward_backward, then
+    its step (gradient sync -> clip -> update -> after). Returns (mean loss, grad norm, lr)."""
+    cfg, timer, strategy = s.cfg, s.timer, s.strategy
+    n = cfg.micro_batches()
     lr = lr_at(step, cfg.optim, cfg.train.max_steps)
-    loss = 0.0
-    for micro in range(n_micro):
-        with timer.region("data"):
-            x, y = s.sampler.batch(step, micro, n_micro)
-            x, y = X.to_device(x), X.to_device(y)
-        loss += model.forward_backward(x, y, grad_ready=strategy.backward_hook(micro, n_micro),
-                                       accumulate=micro > 0, timer=timer, source=strategy.source)
+    with timer.region("data"):
+        batches = [tuple(X.to_device(a) for a in s.sampler.batch(step, j, n)) for j in range(n)]
+    loss = strategy.forward_backward(s.model, batches, timer)
     grad_norm = strategy.step(lr)
-    return loss / n_micro, grad_norm, lr
+    return loss, grad_norm, lr
 
 
 def save_checkpoint(s, step):
@@ -294,7 +295,7 @@ def save_checkpoint(s, step):
     if s.rank == 0:
         with s.timer.region("checkpoint"):
             ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), params=state.params,
-                         layout=s.model.layout, optim_state=state.optim_state, step=step,
+                         layout=state.layout, optim_state=state.optim_state, step=step,
                          config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
                          rng_state=rng_states, extra=state.extra)
     s.world.Barrier()
@@ -322,7 +323,7 @@ def train_steps(s, stop):
             want_stop = world.allreduce(want_stop, op=MPI.LOR)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
-                val_loss = evaluate(s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp, s.strategy.source)
+                val_loss = evaluate(s.strategy, s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
             s.recorder.log_eval(step, val_loss, global_loss)
             progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
         moved = bytes_moved(before, collectives.counters.by_group())

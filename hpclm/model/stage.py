@@ -62,21 +62,34 @@ def balanced_ranges(cfg, stages):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def stage_layout(cfg, first, stop):
+    """(layout of the stage's flat buffer, whether it holds a tied copy of wte) for units [first, stop)."""
+    units = U.gpt_units(cfg)[first:stop]
+    if not units:
+        raise UserError(f"pipeline stage with units [{first}, {stop}) holds no unit")
+    full = ParamLayout(gpt2_shapes(cfg))
+    names = [n for u in units for n in u.names]
+    tied_copy = isinstance(units[-1], U.Head) and cfg.tie_weights and not isinstance(units[0], U.Embedding)
+    if tied_copy:
+        names.append("wte")
+    return ParamLayout([(n, full.by_name[n].shape) for n in names]), tied_copy
+
+
+def full_offsets(cfg, layout, tied_copy):
+    """[(stage offset, full-model offset, size)] of a stage layout's slots but the tied copy: where
+    the stage's parameters sit in the single-process flat layout (for checkpoints)."""
+    full = ParamLayout(gpt2_shapes(cfg))
+    return [(s.offset, full.by_name[s.name].offset, s.size) for s in layout.slots
+            if not (tied_copy and s.name == "wte")]
+
+
 class StageModel:
     def __init__(self, cfg, first, stop, seed=0, dtype="float32"):
+        self.layout, self.tied_copy = stage_layout(cfg, first, stop)
         full = GPT(cfg, seed=seed, dtype=dtype)                 # the same initial values as one process
-        units = full.units[first:stop]
-        if not units:
-            raise UserError(f"pipeline stage with units [{first}, {stop}) holds no unit")
         self.cfg, self.dtype, self.first, self.stop = cfg, numpy.dtype(dtype), first, stop
-        self.units = units
-        names = [n for u in units for n in u.names]
-        self.has_embedding = isinstance(units[0], U.Embedding)
-        self.has_head = isinstance(units[-1], U.Head)
-        self.tied_copy = self.has_head and cfg.tie_weights and not self.has_embedding
-        if self.tied_copy:
-            names.append("wte")
-        self.layout = ParamLayout([(n, full.layout.by_name[n].shape) for n in names])
+        self.units = full.units[first:stop]
+        names = [s.name for s in self.layout.slots]
         xp = X.np
         self.flat = xp.zeros(self.layout.size, dtype=self.dtype)
         self.grad_flat = xp.zeros(self.layout.size, dtype=self.dtype)
@@ -87,9 +100,6 @@ class StageModel:
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0
 
-    def full_offsets(self):
-        """[(stage offset, full-model offset, size)] of every slot but the tied copy: where this
-        stage's parameters sit in the single-process flat layout (for checkpoints)."""
-        full = ParamLayout(gpt2_shapes(self.cfg))
-        return [(s.offset, full.by_name[s.name].offset, s.size) for s in self.layout.slots
-                if not (self.tied_copy and s.name == "wte")]
+    def num_params(self):
+        """Parameters of this stage (the tied copy included)."""
+        return self.layout.size

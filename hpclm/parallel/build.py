@@ -16,6 +16,7 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
 from hpclm import compress
 from hpclm.compress.base import AGGREGATE_LOW_RANK
 from hpclm.compress.memory import build_with_memory
+from hpclm.model.stage import balanced_ranges, ranges_from_layers
 from hpclm.optim import build_optimizer
 from hpclm.parallel.buckets import AllReduceSync
 from hpclm.parallel.compressed import CompressedSync
@@ -27,9 +28,15 @@ from hpclm.parallel.powersgd import PowerSGDSync
 from hpclm.parallel.sync import Warmup
 
 
+def stage_ranges(cfg):
+    """[(first, stop)] unit ranges of the pipeline's stages (parallel.stage_layers, or balanced)."""
+    counts = cfg.parallel.stage_layer_counts()
+    return ranges_from_layers(cfg.model, counts) if counts else balanced_ranges(cfg.model, cfg.parallel.pp)
+
+
 def build_grad_sync(cfg, group, model, timer=None):
     """The GradSync of a replicated data-parallel run over `group` (None: one process)."""
-    scale = 1.0 / cfg.train.grad_accum
+    scale = 1.0 / cfg.micro_batches()
     plain = lambda: AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=scale, timer=timer)  # noqa: E731
     c = cfg.compress
     if c.name == "none":
@@ -48,14 +55,20 @@ def build_grad_sync(cfg, group, model, timer=None):
     return Warmup(plain(), after, c.warmup_steps) if c.warmup_steps else after
 
 
-def build_strategy(cfg, group, model, timer=None):
-    """The DistributedOptimizer for `cfg` over the dp `group`. Raises UserError for a bad combination."""
+def build_strategy(cfg, group, model, timer=None, pp_group=None):
+    """The DistributedOptimizer for `cfg` over the dp `group` (and, with parallel.pp > 1, this
+    rank's pipeline `pp_group`; `model` is then its StageModel). UserError for a bad combination."""
+    if cfg.parallel.pp > 1:
+        from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
+        return PipelineOptimizer(model, build_optimizer(cfg.optim, model), build_grad_sync(cfg, group, model, timer),
+                                 cfg.optim, pp_group, cfg.parallel.schedule, cfg.parallel.micro_batches,
+                                 stage_ranges(cfg), timer)
     if cfg.parallel.zero:
         from hpclm.parallel.zero import build_zero
         return build_zero(cfg, group, model, timer)
     optimizer = build_optimizer(cfg.optim, model)
     if cfg.compress.onebit_adam:
         check_config(cfg)
-        sync = AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=1.0 / cfg.train.grad_accum, timer=timer)
+        sync = AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=1.0 / cfg.micro_batches(), timer=timer)
         return OneBitAdam(model, optimizer, sync, cfg.optim, cfg.compress.warmup_steps, timer)
     return DistributedOptimizer(model, optimizer, build_grad_sync(cfg, group, model, timer), cfg.optim, timer)

@@ -1,8 +1,12 @@
 """The distributed optimizer step, one contract for every data-parallel strategy:
 
+    loss = opt.forward_backward(model, batches, timer)   # the step's micro-batches [(idx, targets)]
+                                                # through the model: one after another with the sync's
+                                                # backward hook (a pipeline: its schedule)
     hook = opt.backward_hook(micro, n_micro)   # for model.forward_backward (None: nothing to overlap)
     opt.source                                  # the model's parameter source (None: the model's own buffers)
     grad_norm = opt.step(lr)                    # gradient sync -> clip by the global norm -> update -> after
+    opt.loss(model, idx, targets)               # evaluation loss (no gradients)
     opt.checkpoint() / opt.restore(ckpt, step)  # collective: full parameters, optimizer state, sync state
     opt.check_replicas(step)                    # stop if replicas that must agree do not
     opt.memory()                                # bytes this rank holds, by kind, from the arrays themselves
@@ -26,9 +30,10 @@ _UNTIMED = Timer(enabled=False)
 @dataclass
 class CheckpointState:
     """What a checkpoint holds of the strategy, complete on rank 0 (None elsewhere)."""
-    params: object          # (size,) host array in the model's flat layout
+    params: object          # (size,) host array in the single-process model's flat layout
     optim_state: dict       # {"t": int, name: (size,) host array}
     extra: dict             # {name: (P, ...) every rank's sync state}
+    layout: object          # that flat layout (hpclm.model.params.ParamLayout)
 
 
 def nbytes(*arrays):
@@ -50,6 +55,18 @@ class DistributedOptimizer:
     def backward_hook(self, micro, n_micro):
         return self.sync.backward_hook(micro == n_micro - 1)
 
+    def forward_backward(self, model, batches, timer=None):
+        """Forward and backward of each micro-batch in turn, gradients accumulated (their sum); the
+        mean loss."""
+        n, loss = len(batches), 0.0
+        for j, (x, y) in enumerate(batches):
+            loss += model.forward_backward(x, y, grad_ready=self.backward_hook(j, n), accumulate=j > 0,
+                                           timer=timer, source=self.source)
+        return loss / n
+
+    def loss(self, model, idx, targets):
+        return model.loss(idx, targets, source=self.source)
+
     def step(self, lr):
         """Sync the gradient, clip it by its global norm (returned, before clipping), update."""
         self.sync.finish()
@@ -67,7 +84,7 @@ class DistributedOptimizer:
         extra = gather_states(self.group, self.local_state())
         if self.rank != 0:
             return None
-        return CheckpointState(self.model.flat, self.optimizer.state_dict(), extra)
+        return CheckpointState(self.model.flat, self.optimizer.state_dict(), extra, self.model.layout)
 
     def restore(self, ckpt, step):
         """Parameters and optimizer state from a checkpoint.Checkpoint; this rank's sync state."""

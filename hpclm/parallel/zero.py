@@ -338,7 +338,7 @@ class ZeroOptimizer(DistributedOptimizer):
         state = {name: self._gather_full(buf) for name, buf in self.optimizer.state.items()}
         if self.rank != 0:
             return None
-        return CheckpointState(params, {"t": self.optimizer.t, **state}, {})
+        return CheckpointState(params, {"t": self.optimizer.t, **state}, {}, self.layout)
 
     def restore(self, ckpt, step):
         ckpt.check_layout(self.layout)
@@ -367,4 +367,4 @@ def build_zero(cfg, group, model, timer=None):
     if cfg.compress.onebit_adam:
         raise UserError("parallel.zero with compress.onebit_adam: 1-bit Adam needs the whole momentum on every rank")
     return ZeroOptimizer(model, cfg.optim, cfg.comm, cfg.parallel.zero, group,
-                         grad_scale=1.0 / cfg.train.grad_accum, timer=timer)
+                         grad_scale=1.0 / cfg.micro_batches(), timer=timer)

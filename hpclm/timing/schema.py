@@ -28,8 +28,9 @@ fill value NaN (int fill -1), so a row that was never written reads as missing, 
 Regions. The standard regions are disjoint slices of one step on the training thread, so their
 sum is at most step_time (the rest is "other"):
 forward, backward, optimizer, data, eval, checkpoint, compress, decompress, and the *exposed*
-communication: ``comm`` (inside blocking calls, or posting non-blocking ones) and ``comm_wait``
-(waiting for non-blocking ones to finish). ``comm_async`` is the exception: the time non-blocking
+communication: ``comm`` (inside blocking calls, or posting non-blocking ones), ``comm_wait``
+(waiting for non-blocking ones to finish) and ``pp_wait`` (a pipeline stage waiting for its
+neighbour's activation or gradient: the bubble). ``comm_async`` is the exception: the time non-blocking
 communication was in flight, measured off the training thread (from post to completion, e.g. by a
 progress thread); the part of it not spent in ``comm_wait`` was hidden behind computation.
 A run may add extra regions by name (lower-case letters, digits, underscores).
@@ -42,7 +43,7 @@ FILE_NAME = "timing.h5"
 TRACE_FILE_NAME = "trace.json"
 
 COMPUTE_REGIONS = ("forward", "backward", "optimizer", "compress", "decompress")
-EXPOSED_COMM_REGIONS = ("comm", "comm_wait")
+EXPOSED_COMM_REGIONS = ("comm", "comm_wait", "pp_wait")
 BACKGROUND_COMM_REGION = "comm_async"
 OTHER_REGIONS = ("data", "eval", "checkpoint")
 REGIONS = COMPUTE_REGIONS + EXPOSED_COMM_REGIONS + OTHER_REGIONS + (BACKGROUND_COMM_REGION,)

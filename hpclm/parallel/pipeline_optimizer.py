@@ -1,0 +1,110 @@
+"""The distributed optimizer of a pipeline stage (parallel.pp > 1), against the same contract as
+every strategy (hpclm.parallel.optimizer):
+
+    forward_backward   the step's micro-batches through the stage's schedule (parallel/pipeline.py)
+    step(lr)           the tied wte's gradients summed over the first and last stage, the stage's
+                       gradient averaged over its dp group (the plain bucketed all-reduce, 1/m
+                       scaling), the global norm summed over the pipeline's stages (the tied copy
+                       counted once), clip, the stage's own update
+    loss               a forward-only pass through the pipeline (evaluation)
+    checkpoint/restore the single-process layout: every stage's parameters and optimizer state
+                       gathered to the pipeline's first rank (buffer Send/Recv), sliced on resume
+
+The dp replicas of a stage hold equal parameters (checked like data parallelism); the two wte
+copies of a tied model get equal gradients and equal updates, so they stay equal.
+"""
+import math
+
+import numpy
+from mpi4py import MPI
+
+from hpclm import xp as X
+from hpclm.errors import UserError
+from hpclm.model import units as U
+from hpclm.model.params import ParamLayout, gpt2_shapes
+from hpclm.model.stage import full_offsets, stage_layout
+from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer
+from hpclm.parallel.pipeline import PipelineEngine, stage_norm_squared
+
+CKPT_TAG = 0x5053
+
+
+class PipelineOptimizer(DistributedOptimizer):
+    def __init__(self, model, optimizer, sync, optim_cfg, pp_comm, schedule_name, micro_batches, ranges,
+                 timer=None):
+        super().__init__(model, optimizer, sync, optim_cfg, timer)
+        self.pp, self.ranges = pp_comm, ranges
+        self.engine = PipelineEngine(model, pp_comm, schedule_name, micro_batches)
+
+    def forward_backward(self, model, batches, timer=None):
+        B, T = batches[0][0].shape
+        return self.engine.loss_everywhere(self.engine.run(batches, B, T, timer))
+
+    def step(self, lr):
+        t, model = self.timer, self.model
+        with t.region("comm"):
+            self.engine.tie_gradients()
+        self.sync.finish()
+        with t.region("comm"):
+            norm = math.sqrt(self.pp.allreduce(stage_norm_squared(model)))
+        with t.region("optimizer"):
+            clip = self.cfg.grad_clip
+            if clip > 0 and norm > clip:
+                model.grad_flat *= clip / (norm + 1e-6)
+            self.optimizer.step(model.flat, model.grad_flat, lr)
+        return norm
+
+    def loss(self, model, idx, targets):
+        """Forward only, stage by stage (blocking Send/Recv of the activation); the loss everywhere."""
+        e, B, T = self.engine, *idx.shape
+        x = idx
+        if not e.first:
+            x = X.np.empty((B * T, model.cfg.n_embd), dtype=model.dtype)
+            self.pp.Recv([x, MPI.BYTE], e.rank - 1, CKPT_TAG + 1)
+        out, _ = U.forward_units(model.units, model.resident, x, B, T, targets=targets if e.last else None,
+                                 keep=False)
+        if not e.last:
+            self.pp.Send([X.np.ascontiguousarray(out), MPI.BYTE], e.rank + 1, CKPT_TAG + 1)
+        return e.loss_everywhere(float(out) if e.last else None)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _stage_rows(self):
+        """This stage's parameters and optimizer states as one host array (1 + states, size)."""
+        state = self.optimizer.state
+        return numpy.stack([X.to_host(self.model.flat)] + [X.to_host(state[k]) for k in sorted(state)])
+
+    def checkpoint(self):
+        """Collective over the pipeline (on every dp rank; only dp rank 0's pipeline writes)."""
+        rows = self._stage_rows()
+        if self.rank != 0:                                   # not the dp group's first replica
+            return None
+        cfg, names = self.model.cfg, sorted(self.optimizer.state)
+        if self.pp.Get_rank() != 0:
+            self.pp.Send([rows, MPI.BYTE], 0, CKPT_TAG)
+            return None
+        full = numpy.zeros((rows.shape[0], ParamLayout(gpt2_shapes(cfg)).size), dtype=rows.dtype)
+        for s, (first, stop) in enumerate(self.ranges):
+            layout, tied = stage_layout(cfg, first, stop)
+            part = rows if s == 0 else numpy.empty((rows.shape[0], layout.size), dtype=rows.dtype)
+            if s:
+                self.pp.Recv([part, MPI.BYTE], s, CKPT_TAG)
+            for mine, theirs, n in full_offsets(cfg, layout, tied):
+                full[:, theirs:theirs + n] = part[:, mine:mine + n]
+        state = {"t": self.optimizer.t, **{k: full[1 + i] for i, k in enumerate(names)}}
+        return CheckpointState(full[0], state, {}, ParamLayout(gpt2_shapes(cfg)))
+
+    def restore(self, ckpt, step):
+        """This stage's slices of the checkpoint's parameters and optimizer state (the tied copy
+        from the full wte)."""
+        full = ParamLayout(gpt2_shapes(self.model.cfg))
+        ckpt.check_layout(full)
+        rows = {"params": ckpt.params, **ckpt.optim}
+        for name, target in {"params": self.model.flat, **self.optimizer.state}.items():
+            if name not in rows:
+                raise UserError(f"checkpoint {ckpt.path} has no optimizer state {name!r}")
+            for slot in self.model.layout.slots:
+                src = full.by_name[slot.name]
+                target[slot.offset:slot.offset + slot.size] = X.to_device(
+                    rows[name][src.offset:src.offset + src.size].astype(self.model.dtype, copy=False))
+        self.optimizer.t = ckpt.optim_t
+        self.sync.step = step
