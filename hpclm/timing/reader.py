@@ -3,8 +3,15 @@
 Works on a finished file, on one whose writer was killed (everything up to its last flush), and
 on one still being written (opened as an SWMR reader). Rows are cut to the length of the
 shortest dataset, so a step is present only if all its data is.
+
+A damaged file fails at once with a UserError instead of hanging: a truncated one (shorter than
+the end of file its superblock records, e.g. a copy cut short) is refused before HDF5 sees it,
+and the SWMR reader makes one read attempt per metadata block (HDF5's default for SWMR is to
+retry a failing checksum for hours, since a live writer may be mid-write).
 """
+import ctypes
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +45,53 @@ class RunRecord:
         return self.path.parent.name
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_not_truncated(path):
+    """Refuse a file shorter than the end-of-file address in its (version 2/3) superblock."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        size = os.fstat(fh.fileno()).st_size
+    if not head.startswith(HDF5_SIGNATURE):
+        raise UserError(f"{path} is not an HDF5 file (no HDF5 signature)")
+    version, offset_size = head[8], head[9]
+    if version not in (2, 3) or offset_size not in (4, 8):
+        return                                       # an older superblock layout: HDF5 checks it
+    fmt = "<3I" if offset_size == 4 else "<3Q"       # base address, extension address, end of file
+    need = 12 + 3 * offset_size
+    if len(head) < need:
+        raise UserError(f"{path} is truncated: {size} bytes, shorter than its HDF5 superblock")
+    base, _, end_of_file = struct.unpack(fmt, head[12:need])
+    if size < base + end_of_file:
+        raise UserError(f"{path} is truncated: {size:,} of {base + end_of_file:,} bytes (a partial copy?); "
+                        f"it cannot be read")
+
+
+def _hdf5_library():
+    """The HDF5 library h5py is running on (ctypes), or None where it cannot be found."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libhdf5" in line and "libhdf5_hl" not in line}
+        lib = ctypes.CDLL(paths.pop())
+        lib.H5Pset_metadata_read_attempts.argtypes = (ctypes.c_int64, ctypes.c_uint)
+        return lib
+    except (OSError, KeyError, AttributeError):
+        return None
+
+
+def _open_swmr(path):
+    """An SWMR reader making one attempt per metadata read (a checksum error fails at once)."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    lib = _hdf5_library()
+    if lib is not None:
+        lib.H5Pset_metadata_read_attempts(fapl.id, 1)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=fapl))
+
+
 def _open(path):
+    _check_not_truncated(path)
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
@@ -46,7 +99,7 @@ def _open(path):
     except OSError:
         pass
     try:  # a file left open for writing (live or killed writer) opens only as an SWMR reader
-        return h5py.File(path, "r", swmr=True)
+        return _open_swmr(path)
     except OSError as exc:
         raise UserError(f"{path} is not a readable HDF5 file ({exc})") from None
 
