@@ -54,7 +54,7 @@ def _check_not_truncated(path):
         head = fh.read(64)
         size = os.fstat(fh.fileno()).st_size
     if not head.startswith(HDF5_SIGNATURE):
-        raise UserError(f"{path} is not an HDF5 file (no HDF5 signature)")
+        raise UserError(f"{path} is not a readable HDF5 file (no HDF5 signature)")
     version, offset_size = head[8], head[9]
     if version not in (2, 3) or offset_size not in (4, 8):
         return                                       # an older superblock layout: HDF5 checks it
