@@ -4,13 +4,12 @@ Runs as one process (`hpclm train`) or as an MPI job (`mpiexec -n 4 hpclm train`
 `srun hpclm train`): every rank draws its shard of the global batch, gradients are averaged by
 hpclm.parallel.data, every rank applies the same update. Rank 0 prints, evaluates the
 validation split (sharded across ranks), writes checkpoints and the timing record.
-SIGTERM/SIGUSR1 (Slurm pre-emption): all ranks agree at the next step boundary, save a
-checkpoint, flush timing and exit 0, so the job can be requeued with --resume.
+SIGTERM/SIGUSR1 (Slurm pre-emption) or SIGINT: all ranks agree at the next step boundary, save a
+checkpoint, flush timing and exit 0, so the job can be requeued with --resume; during set-up
+they end the run at once (hpclm.signals).
 """
-import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from hpclm import checkpoint as ckpt_io
 from hpclm import comm as C
+from hpclm import guard, rundir
 from hpclm import xp as X
 from hpclm.config import build_config, config_from_json
 from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
@@ -31,13 +31,15 @@ from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import build_optimizer, clip_by_global_norm, lr_at
 from hpclm.parallel.agree import collective_error, collectively
 from hpclm.parallel.compressed import build_data_parallel
+from hpclm.signals import RunSignals
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
 from hpclm.version import __version__
 
 
 def add_arguments(p):
-    p.add_argument("--config", metavar="TOML", help="experiment file with [model], [data], [optim], [train], [comm] tables")
+    p.add_argument("--config", metavar="TOML",
+                   help="experiment file with [model], [data], [optim], [train], [comm], [compress] tables")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set model.n_layer=6 (repeatable)")
     p.add_argument("--data", metavar="FILE", help="text file to train on (same as --set data.path=FILE); "
@@ -46,6 +48,8 @@ def add_arguments(p):
     p.add_argument("--out", metavar="DIR", help="run directory (same as --set train.out_dir=DIR)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file or run directory; "
                    "its stored config is the base, --set may change e.g. train.max_steps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint, timing record and summary)")
     p.add_argument("--verbose", action="store_true", help="let every rank print, not only rank 0")
 
 
@@ -70,10 +74,13 @@ def resolve_config(args):
     return cfg, ckpt
 
 
-def load_data(cfg, world, rank):
+def load_data(cfg, world, rank, ckpt=None):
     """Rank 0 tokenises into the cache once; then every rank memory-maps the cached tokens."""
     collectively(world, lambda: prepare(cfg.data) if rank == 0 else None)
     data = collectively(world, load_tokens, cfg.data, cfg.model.block_size)
+    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
+        raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}; "
+                               f"resume with the data it was trained on (--data)")
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
     elif cfg.model.vocab_size < data.tokenizer.vocab_size:
@@ -182,13 +189,15 @@ def setup(args, world):
 
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
+    # The run directory: never replace another run unless --overwrite; unusable -> one line now.
+    resume_dir = os.path.dirname(ckpt.path) if ckpt is not None else None
+    collectively(world, lambda: rundir.claim(cfg.train.out_dir, resume_dir=resume_dir, overwrite=args.overwrite)
+                 if rank == 0 else None)
     C.set_cuda_aware(cfg.comm.cuda_aware)
     local = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_ranks = local.Get_size()
     local.Free()
-    data = load_data(cfg, world, rank)
-    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
-        raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
+    data = load_data(cfg, world, rank, ckpt)
     n_micro = cfg.train.grad_accum
     if cfg.train.batch_size % (size * n_micro):           # the same on every rank
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
@@ -213,8 +222,6 @@ def setup(args, world):
     dp = collectively(world, build_data_parallel, world, model, cfg, timer=timer, optimizer=optimizer)
     if ckpt is not None:
         collectively(world, dp.restore, ckpt.extra, start_step)
-    if rank == 0:
-        os.makedirs(cfg.train.out_dir, exist_ok=True)
     library_versions = versions()
     meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=library_versions,
                 layout_json={"dp": size, "tp": 1, "pp": 1, "threads_per_rank": threads,
@@ -239,6 +246,9 @@ def print_banner(s, hosts):
     slurm = os.environ.get("SLURM_NTASKS")
     if slurm and int(slurm) != s.size:
         print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {s.size} ranks")
+    oversubscribed = guard.oversubscription(s.threads, s.local_ranks)
+    if oversubscribed:
+        print(f"warning: {oversubscribed}")
     print(f"data: {s.data.source}; unigram entropy {s.data.unigram_entropy():.3f} nats")
     print(f"model: {s.model.num_params():,} parameters, {cfg.train.dtype}; "
           f"{cfg.train.batch_size * cfg.model.block_size:,} tokens/step; run dir {cfg.train.out_dir}"
@@ -289,6 +299,7 @@ def train_steps(s, stop):
             if n_micro > 1 and not s.dp.averages_micro_batches:
                 model.grad_flat *= 1.0 / n_micro
             grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
+            guard.check_finite(world, step, loss, grad_norm)     # non-finite on any rank: stop, no update
             s.optimizer.step(model.flat, model.grad_flat, lr)
         loss /= n_micro
         last = step == cfg.train.max_steps - 1
@@ -333,13 +344,6 @@ def train_steps(s, stop):
     return summary
 
 
-def write_summary(path, summary):
-    """summary.json, strict JSON (non-finite numbers become null)."""
-    with open(path, "w") as fh:
-        json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()},
-                  fh, indent=1, allow_nan=False)
-
-
 # ------------------------------------------------------------------------------------------ main
 def run(args):
     from mpi4py import MPI
@@ -349,11 +353,7 @@ def run(args):
     if world.Get_rank() != 0 and not args.verbose:
         sys.stdout = open(os.devnull, "w")
     stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    signals = RunSignals(stop, world.Get_rank())     # set-up: a signal ends the run at once
     blas_limit = None
     try:
         s = setup(args, world)
@@ -362,14 +362,14 @@ def run(args):
             print_banner(s, hosts)
         # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
         blas_limit = threadpool_limits(limits=s.threads, user_api="blas")
+        signals.start_loop()                          # from here: stop at the next step boundary
         summary = train_steps(s, stop)
         if s.rank == 0:
-            write_summary(os.path.join(s.cfg.train.out_dir, "summary.json"), summary)
+            rundir.write_summary(s.cfg.train.out_dir, summary)   # with the earlier segments of a resumed run
     finally:
         if blas_limit is not None:
             blas_limit.restore_original_limits()
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        signals.restore()
         if sys.stdout is not stdout:
             sys.stdout.close()
             sys.stdout = stdout
