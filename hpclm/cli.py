@@ -32,8 +32,19 @@ BENCHMARKS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, where it has one and its text does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default in (argparse.SUPPRESS, [])
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add(sub, name, module, help_text):
-    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
     try:
         importlib.import_module(module).add_arguments(parser)
     except ModuleNotFoundError as exc:

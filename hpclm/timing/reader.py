@@ -1,6 +1,9 @@
 """Read a timing record (layout: hpclm.timing.schema) into a RunRecord of NumPy arrays.
 
-Works on a finished file, on one whose writer was killed (everything up to its last flush), and
+A run directory's record is every segment of the run in step order: timing.h5, then the
+timing-from-N.h5 of each resume (schema.segment_files), merged into one RunRecord; where a
+later segment starts at a step an earlier one already recorded (resumed from an older
+checkpoint), the later segment's rows replace those. Works on a finished file, on one whose writer was killed (everything up to its last flush), and
 on one still being written (opened as an SWMR reader). Rows are cut to the length of the
 shortest dataset, so a step is present only if all its data is.
 
@@ -31,6 +34,7 @@ class RunRecord:
     per_rank: dict      # schema.RANK_FIELDS -> (S, P)
     per_step: dict      # schema.GLOBAL_FIELDS -> (S,)
     evals: dict         # schema.EVAL_FIELDS -> (E,)
+    segments: tuple = ()  # ((start step, path, rows), ...) of the files merged into this record
 
     @property
     def world_size(self):
@@ -115,11 +119,47 @@ def _read_group(group, names, length):
 
 
 def read_run(path_or_run_dir):
-    """The RunRecord of RUN_DIR/timing.h5 (or of the given .h5 file). Raises UserError when it is
-    missing, unreadable, not an hpclm timing record, or of a newer schema version."""
+    """The RunRecord of RUN_DIR (all its segments, merged) or of the given .h5 file. Raises
+    UserError when it is missing, unreadable, damaged, not an hpclm timing record, or of a newer
+    schema version."""
     path = Path(path_or_run_dir)
-    if path.is_dir():
-        path = path / schema.FILE_NAME
+    if not path.is_dir():
+        return _read_file(path)
+    found = schema.segment_files(path)
+    if not found:
+        raise UserError(f"no timing record at {path / schema.FILE_NAME}")
+    records = [_read_file(p) for _, p in found]
+    return records[0] if len(records) == 1 else merge_segments(records, [start for start, _ in found])
+
+
+def merge_segments(records, starts):
+    """One RunRecord of a run's segments (in step order, segment i starting at starts[i]); rows of
+    a segment at or after the next segment's start are replaced by that segment's."""
+    sizes = sorted({r.world_size for r in records})
+    if len(sizes) > 1:
+        raise UserError(f"{records[0].path.parent}: the run's segments ran on different world sizes "
+                        f"({', '.join(map(str, sizes))}); analyze each file on its own: "
+                        + " ".join(str(r.path) for r in records))
+    ends = list(starts[1:]) + [None]
+    keep = [r.step < end if end is not None else np.ones(r.n_steps, bool) for r, end in zip(records, ends)]
+    keep_eval = [r.evals["step"] < end if end is not None else np.ones(len(r.evals["step"]), bool)
+                 for r, end in zip(records, ends)]
+    regions = sorted({name for r in records for name in r.times}, key=_region_order)
+
+    def joined(get, masks):
+        return np.concatenate([get(r)[m] for r, m in zip(records, masks)])
+
+    times = {name: joined(lambda r: r.times.get(name, np.zeros_like(r.per_rank["step_time"])), keep)
+             for name in regions}
+    return RunRecord(
+        path=records[0].path, meta=records[0].meta, step=joined(lambda r: r.step, keep), times=times,
+        per_rank={n: joined(lambda r: r.per_rank[n], keep) for n in schema.RANK_FIELDS},
+        per_step={n: joined(lambda r: r.per_step[n], keep) for n in schema.GLOBAL_FIELDS},
+        evals={n: joined(lambda r: r.evals[n], keep_eval) for n in schema.EVAL_FIELDS},
+        segments=tuple((start, r.path, int(m.sum())) for start, r, m in zip(starts, records, keep)))
+
+
+def _read_file(path):
     if not os.path.exists(path):
         raise UserError(f"no timing record at {path}")
     with _open(path) as f:
