@@ -13,9 +13,13 @@ import select
 import signal
 import sys
 import threading
+import time
+
+from hpclm.errors import drain_stderr
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 SLOW_SETUP_S = 120.0
+OTHER_RANKS_DELAY_S = 0.5
 
 
 class RunSignals:
@@ -64,11 +68,16 @@ class RunSignals:
                 pass
 
     def _end(self, signum, when):
+        """Exit now. Under mpiexec every rank gets the signal: the others give rank 0 a moment to
+        report before their exit makes the launcher end the job."""
         self._say(f"hpclm: stopped by {signal.Signals(signum).name} {when}")
         try:
             sys.stdout.flush()
         except (OSError, ValueError):
             pass
+        drain_stderr()
+        if self.rank != 0:
+            time.sleep(OTHER_RANKS_DELAY_S)
         os._exit(128 + signum)
 
     def start_loop(self):
