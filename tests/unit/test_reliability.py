@@ -202,3 +202,19 @@ def test_help_shows_sections_and_defaults(capsys, argv, words):
     text = " ".join(capsys.readouterr().out.split())
     for word in words:
         assert word in text, (word, text)
+
+
+# ------------------------------------------------------------------ 8: a long set-up says so, once
+def test_slow_setup_is_reported_once(capfd):
+    import signal
+    import time
+
+    from hpclm.signals import RunSignals
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    signals = RunSignals({"signal": None}, rank=0, slow_setup_s=0.2)
+    time.sleep(0.7)
+    signals.start_loop()
+    signals.restore()
+    err = capfd.readouterr().err
+    assert err.count("hpclm: still setting up after") == 1 and "waiting for another rank" in err, err
+    assert {s: signal.getsignal(s) for s in before} == before
