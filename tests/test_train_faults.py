@@ -2,7 +2,6 @@
 the job at once with one line (item 8); a NaN loss stops every rank with one line naming the
 step and writes no checkpoint (item 4); Ctrl-C (SIGINT) during training checkpoints like
 SIGTERM (item 9)."""
-import os
 import signal
 import subprocess
 import sys
@@ -10,10 +9,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import env, mpiexec, read_ckpt, tiny_args  # noqa: E402
+from trainutil import env, finish, mpiexec, read_ckpt, tiny_args  # noqa: E402
 
 LONG = 100_000
 
@@ -36,17 +34,6 @@ LAUNCHER = textwrap.dedent("""
 """)
 
 
-def communicate(proc, timeout):
-    t0 = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"job did not end within {timeout} s (hang)\n{out[-2000:]}\n{err[-2000:]}")
-    return proc.returncode, out, err, time.monotonic() - t0
-
-
 def hpclm_lines(err):
     return [line for line in err.splitlines() if line.startswith("hpclm:")]
 
@@ -63,7 +50,7 @@ def test_sigterm_while_setup_waits_for_a_peer_ends_the_job(tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)                                   # rank 0 is now waiting in the collective
     proc.send_signal(signal.SIGTERM)                  # to mpiexec, which forwards it to both ranks
-    rc, out, err, seconds = communicate(proc, 30)
+    rc, out, err, seconds = finish(proc, 30)
     assert rc != 0 and seconds < 10, (rc, seconds, err[-2000:])
     assert hpclm_lines(err) == ["hpclm: stopped by SIGTERM during set-up, before the first step; nothing to save"], err
     assert "Traceback" not in err
@@ -75,7 +62,7 @@ def test_nan_loss_stops_every_rank_with_one_line(tmp_path):
         + tiny_args(tmp_path / "cache", "--set", "optim.lr=1e30", steps=8)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
                             start_new_session=True)
-    rc, out, err, _ = communicate(proc, 120)
+    rc, out, err, _ = finish(proc, 120)
     assert rc == 2, out[-2000:] + err[-2000:]
     lines = hpclm_lines(err)
     assert len(lines) == 1 and lines[0].startswith("hpclm: error: step ") and "nan" in lines[0], err
@@ -93,7 +80,7 @@ def test_ctrl_c_during_training_checkpoints_and_exits_0(tmp_path):
         if line.startswith("step 1/"):
             break
     proc.send_signal(signal.SIGINT)
-    rc, out, err, _ = communicate(proc, 60)
+    rc, out, err, _ = finish(proc, 60)
     assert rc == 0, out[-2000:] + err[-2000:]
     assert "signal received: checkpointing at step" in out
     assert 1 <= read_ckpt(run_dir)[2]["step"] < LONG

@@ -2,7 +2,6 @@
 the command and asserts the exit code, a single `hpclm: error:` line without traceback, and that
 the files already there are unchanged (by checksum)."""
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,18 +15,6 @@ from trainutil import env, read_ckpt, summary, tiny_args  # noqa: E402
 
 from hpclm.cli import main  # noqa: E402
 from hpclm.timing.reader import read_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("token-cache")
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory, cache):
-    run_dir = tmp_path_factory.mktemp("good") / "run"
-    assert main(["train", "--out", str(run_dir)] + tiny_args(cache, steps=4)) == 0
-    return run_dir
 
 
 def checksums(directory):

@@ -4,7 +4,6 @@
 HDF5's SWMR reader, which the reader needs for a file whose writer was killed, used to retry a
 failing checksum for hours, and a truncated file sent it there."""
 import concurrent.futures
-import os
 import subprocess
 import sys
 import textwrap
