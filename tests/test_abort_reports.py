@@ -42,7 +42,7 @@ def failing_job(who, out_dir):
 
 def test_every_abort_prints_its_report_once(tmp_path):
     jobs = ["one" if i % 2 else "all" for i in range(REPEATS)]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(failing_job, jobs, [tmp_path / f"r{i}" for i in range(REPEATS)]))
     bad = []
     for who, (rc, err) in zip(jobs, results):
