@@ -276,8 +276,6 @@ def save_checkpoint(s, step):
 
 def train_steps(s, stop):
     """The training loop from s.start_step; returns the summary. `stop["signal"]` set = stop early."""
-    from mpi4py import MPI
-
     cfg, model, timer, world = s.cfg, s.model, s.timer, s.world
     n_micro = cfg.train.grad_accum
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
@@ -299,7 +297,6 @@ def train_steps(s, stop):
             if n_micro > 1 and not s.dp.averages_micro_batches:
                 model.grad_flat *= 1.0 / n_micro
             grad_norm = clip_by_global_norm(model.grad_flat, cfg.optim.grad_clip)
-            guard.check_finite(world, step, loss, grad_norm)     # non-finite on any rank: stop, no update
             s.optimizer.step(model.flat, model.grad_flat, lr)
         loss /= n_micro
         last = step == cfg.train.max_steps - 1
@@ -307,9 +304,8 @@ def train_steps(s, stop):
         global_loss = world.allreduce(loss) / s.size if (log_now and s.size > 1) else loss
         if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
             s.dp.check_identical(model.flat, step)
-        want_stop = stop["signal"] is not None
-        if s.size > 1:
-            want_stop = world.allreduce(want_stop, op=MPI.LOR)
+        # One all-reduce agrees on a signal stop and raises on a non-finite loss / gradient norm anywhere.
+        want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
                 val_loss = evaluate(model, s.data.val, s.val_offsets, cfg.model.block_size, s.rank, s.size, world)
