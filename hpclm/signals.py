@@ -29,6 +29,7 @@ class RunSignals:
     def __init__(self, stop, rank, slow_setup_s=SLOW_SETUP_S):
         self.stop, self.rank, self.slow_setup_s = stop, rank, slow_setup_s
         self.in_loop = False
+        self._ending = threading.Lock()
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self.previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
@@ -69,7 +70,11 @@ class RunSignals:
 
     def _end(self, signum, when):
         """Exit now. Under mpiexec every rank gets the signal: the others give rank 0 a moment to
-        report before their exit makes the launcher end the job."""
+        report before their exit makes the launcher end the job. The handler and the watch thread
+        may both get here for one signal: the first one ends the process, the other waits for it."""
+        if not self._ending.acquire(blocking=False):
+            while True:
+                time.sleep(60)
         self._say(f"hpclm: stopped by {signal.Signals(signum).name} {when}")
         try:
             sys.stdout.flush()

@@ -2,6 +2,7 @@
 the job at once with one line (item 8); a NaN loss stops every rank with one line naming the
 step and writes no checkpoint (item 4); Ctrl-C (SIGINT) during training checkpoints like
 SIGTERM (item 9)."""
+import os
 import signal
 import subprocess
 import sys
@@ -84,3 +85,30 @@ def test_ctrl_c_during_training_checkpoints_and_exits_0(tmp_path):
     assert rc == 0, out[-2000:] + err[-2000:]
     assert "signal received: checkpointing at step" in out
     assert 1 <= read_ckpt(run_dir)[2]["step"] < LONG
+
+
+def test_sigterm_while_reading_the_data_ends_the_run(tmp_path):
+    """One process blocked reading --data (a FIFO nobody writes to): SIGTERM ends it, one line."""
+    fifo = tmp_path / "data.fifo"
+    os.mkfifo(fifo)
+    cmd = [sys.executable, "-m", "hpclm.cli", "train", "--data", str(fifo), "--out", str(tmp_path / "r")] \
+        + tiny_args(tmp_path / "cache")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            start_new_session=True)
+    t0 = time.monotonic()
+    while True:                                        # opening the write end succeeds once the run reads it
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() - t0 < 60, "the run never opened its data"
+            time.sleep(0.05)
+    try:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        rc, out, err, seconds = finish(proc, 30)
+    finally:
+        os.close(writer)
+    assert rc == 128 + signal.SIGTERM and seconds < 10, (rc, err)
+    assert err == "hpclm: stopped by SIGTERM during set-up, before the first step; nothing to save\n"
+    assert not (tmp_path / "r" / "ckpt.h5").exists()
