@@ -6,13 +6,17 @@ they are imported only when chosen, so `hpclm sample` never starts MPI. Error po
   which is how setup errors are made: see hpclm.parallel.agree), exit code 2, no traceback;
 - any other exception under MPI with more than one rank -> that rank's traceback, then
   MPI_Abort so no rank hangs (the effect of `python -m mpi4py`).
+Before MPI_Abort the message is flushed and handed on (hpclm.errors.drain_stderr): mpiexec ends
+the job on the abort and drops output its proxy has not read yet. When several ranks fail at
+once, rank 0's report is the one printed: the others wait a moment, and rank 0's abort ends them.
 """
 import argparse
 import importlib
 import sys
+import time
 import traceback
 
-from hpclm.errors import UserError
+from hpclm.errors import UserError, drain_stderr
 from hpclm.version import __version__
 
 COMMANDS = {
@@ -30,8 +34,19 @@ BENCHMARKS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, where it has one and its text does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default in (argparse.SUPPRESS, [])
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add(sub, name, module, help_text):
-    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
     try:
         importlib.import_module(module).add_arguments(parser)
     except ModuleNotFoundError as exc:
@@ -63,6 +78,21 @@ def build_parser(argv):
     return parser
 
 
+def _abort(code):
+    """MPI_Abort the job after this rank's report has left the process."""
+    drain_stderr()
+    sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
+
+
+def _yield_to_rank_0(rank):
+    """A failing rank other than 0 waits briefly: if rank 0 fails too, its report and abort come first."""
+    if rank != 0:
+        time.sleep(OTHER_RANKS_DELAY_S)
+
+
+OTHER_RANKS_DELAY_S = 1.0
+
+
 def _world():
     """(rank, size) if MPI has been started by the chosen command, else (0, 1)."""
     mpi = sys.modules.get("mpi4py.MPI")
@@ -85,18 +115,19 @@ def main(argv=None):
             if rank == 0:
                 print(f"hpclm: error: {exc}", file=sys.stderr, flush=True)
             return 2
+        _yield_to_rank_0(rank)
         print(f"hpclm: error on rank {rank}: {exc}", file=sys.stderr, flush=True)
-        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(2)
+        _abort(2)
     except KeyboardInterrupt:
         return 130
     except BaseException:
         rank, size = _world()
         if size == 1:
             raise
+        _yield_to_rank_0(rank)
         sys.stderr.write(f"hpclm: uncaught exception on rank {rank}, aborting all {size} ranks\n")
         traceback.print_exc()
-        sys.stderr.flush()
-        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(1)
+        _abort(1)
     return 1
 
 

@@ -274,6 +274,8 @@ def _coerce(value, typ, where):
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
+        if isinstance(value, float):
+            raise UserError(f"{where}: expected a finite float, got {value!r}")
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -292,9 +294,12 @@ def _parse_scalar(text, typ, where):
             return False
         raise UserError(f"{where}: expected true or false, got {text!r}")
     try:
-        return typ(text) if typ is float else int(text, 0)
+        value = typ(text) if typ is float else int(text, 0)
     except ValueError:
         raise UserError(f"{where}: expected {typ.__name__}, got {text!r}") from None
+    if typ is float and not math.isfinite(value):      # as in a TOML file: nan and inf are not values
+        raise UserError(f"{where}: expected a finite float, got {text!r}")
+    return value
 
 
 def _section(cfg, name, where):
@@ -345,6 +350,12 @@ def load_toml(path):
             return tomllib.load(fh)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text (UTF-8) file, so not TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
 

@@ -1,4 +1,5 @@
 """`hpclm sample`: generate text from a checkpoint (temperature and top-k sampling)."""
+import math
 import sys
 
 import numpy as np
@@ -15,10 +16,10 @@ def add_arguments(p):
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file or run directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--tokens", type=int, default=500, help="number of tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, default=0.8, help="divides the logits (> 0; lower = more likely tokens)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs")
 
 
 def generate(model, ids, n_tokens, temperature, top_k, rng):
@@ -38,8 +39,10 @@ def generate(model, ids, n_tokens, temperature, top_k, rng):
 
 
 def run(args):
-    if args.tokens < 0 or args.temperature <= 0:
-        raise UserError("--tokens must be >= 0 and --temperature > 0")
+    if args.tokens < 0 or not args.temperature > 0 or not math.isfinite(args.temperature):
+        raise UserError("--tokens must be >= 0 and --temperature a finite number > 0")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = all tokens), got {args.top_k}")
     X.use(args.device)
     ckpt = ckpt_io.Checkpoint(args.checkpoint)
     cfg = config_from_json(ckpt.config_json)

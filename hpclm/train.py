@@ -6,13 +6,12 @@ dp rank draws its shard of the global batch, and the strategy that hpclm.paralle
 from the config (a DistributedOptimizer: gradient sync -> clip -> update -> after) makes the
 update; the loop calls `train_step` and never asks which strategy it holds. Evaluation rows,
 loss averages and byte counts use the dp group. World rank 0 prints and writes checkpoints and
-the timing record. SIGTERM/SIGUSR1 (Slurm pre-emption): all ranks agree at the next step
-boundary, save a checkpoint, flush timing and exit 0, so the job can be requeued with --resume.
+the timing record. SIGTERM/SIGUSR1 (Slurm pre-emption) or SIGINT: all ranks agree at the next
+step boundary, save a checkpoint, flush timing and exit 0, so the job can be requeued with
+--resume; during set-up they end the run at once (hpclm.signals).
 """
-import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from hpclm import checkpoint as ckpt_io
 from hpclm import comm as collectives
+from hpclm import guard, rundir
 from hpclm import xp as X
 from hpclm.config import build_config, config_from_json
 from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
@@ -34,13 +34,15 @@ from hpclm.optim import lr_at
 from hpclm.parallel.agree import collective_error, collectively
 from hpclm.model.stage import StageModel
 from hpclm.parallel.build import build_strategy, stage_ranges
+from hpclm.signals import RunSignals
 from hpclm.timing.recorder import Recorder
 from hpclm.timing.timer import Timer
 from hpclm.version import __version__
 
 
 def add_arguments(p):
-    p.add_argument("--config", metavar="TOML", help="experiment file with [model], [data], [optim], [train], [comm] tables")
+    p.add_argument("--config", metavar="TOML",
+                   help="experiment file with [model], [data], [optim], [train], [comm], [compress] tables")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set model.n_layer=6 (repeatable)")
     p.add_argument("--data", metavar="FILE", help="text file to train on (same as --set data.path=FILE); "
@@ -49,6 +51,8 @@ def add_arguments(p):
     p.add_argument("--out", metavar="DIR", help="run directory (same as --set train.out_dir=DIR)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file or run directory; "
                    "its stored config is the base, --set may change e.g. train.max_steps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint, timing record and summary)")
     p.add_argument("--verbose", action="store_true", help="let every rank print, not only rank 0")
 
 
@@ -73,10 +77,13 @@ def resolve_config(args):
     return cfg, ckpt
 
 
-def load_data(cfg, world, rank):
+def load_data(cfg, world, rank, ckpt=None):
     """Rank 0 tokenises into the cache once; then every rank memory-maps the cached tokens."""
     collectively(world, lambda: prepare(cfg.data) if rank == 0 else None)
     data = collectively(world, load_tokens, cfg.data, cfg.model.block_size)
+    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
+        raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}; "
+                               f"resume with the data it was trained on (--data)")
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.tokenizer.vocab_size
     elif cfg.model.vocab_size < data.tokenizer.vocab_size:
@@ -204,12 +211,14 @@ def setup(args, world):
     """Config, groups, data, model, strategy and timing record; a UserError anywhere stops every rank."""
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
+    # The run directory: never replace another run unless --overwrite; unusable -> one line now.
+    resume_dir = os.path.dirname(ckpt.path) if ckpt is not None else None
+    collectively(world, lambda: rundir.claim(cfg.train.out_dir, resume_dir=resume_dir, overwrite=args.overwrite)
+                 if rank == 0 else None)
     collectives.set_cuda_aware(cfg.comm.cuda_aware)
     groups = collectively(world, build_groups, world, cfg.parallel)
     local_ranks = groups.node.Get_size()
-    data = load_data(cfg, world, rank)
-    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
-        raise collective_error(f"checkpoint {ckpt.path} was trained with a different vocabulary than {data.source}")
+    data = load_data(cfg, world, rank, ckpt)
     dp_size, n_micro = groups.layout.dp, cfg.micro_batches()
     if cfg.train.batch_size % (dp_size * n_micro):           # the same on every rank
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by data-parallel "
@@ -230,8 +239,6 @@ def setup(args, world):
                            cfg.train.seed, rank=groups.dp.Get_rank(), world=dp_size)
     val_offsets = eval_offsets(cfg.train.seed, cfg.train.eval_batches, cfg.train.batch_size,
                                len(data.val) - cfg.model.block_size)
-    if rank == 0:
-        os.makedirs(cfg.train.out_dir, exist_ok=True)
     library_versions = versions()
     lay = groups.layout
     meta = dict(config_json=cfg.to_json(), git_commit=git_commit(), versions_json=library_versions,
@@ -259,6 +266,9 @@ def print_banner(s, hosts):
     slurm = os.environ.get("SLURM_NTASKS")
     if slurm and int(slurm) != s.size:
         print(f"warning: SLURM_NTASKS={slurm} but the MPI world has {s.size} ranks")
+    oversubscribed = guard.oversubscription(s.threads, s.local_ranks)
+    if oversubscribed:
+        print(f"warning: {oversubscribed}")
     print(f"data: {s.data.source}; unigram entropy {s.data.unigram_entropy():.3f} nats")
     print(f"model: {s.model.num_params():,} parameters, {cfg.train.dtype}; "
           f"{cfg.train.batch_size * cfg.model.block_size:,} tokens/step; run dir {cfg.train.out_dir}"
@@ -303,8 +313,6 @@ def save_checkpoint(s, step):
 
 def train_steps(s, stop):
     """The training loop from s.start_step; returns the summary. `stop["signal"]` set = stop early."""
-    from mpi4py import MPI
-
     cfg, timer, world, dp = s.cfg, s.timer, s.world, s.dp
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     progress = Progress(cfg.train.max_steps, s.rank == 0)
@@ -318,9 +326,8 @@ def train_steps(s, stop):
         global_loss = dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
         if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
             s.strategy.check_replicas(step)
-        want_stop = stop["signal"] is not None
-        if s.size > 1:
-            want_stop = world.allreduce(want_stop, op=MPI.LOR)
+        # One all-reduce agrees on a signal stop and raises on a non-finite loss / gradient norm anywhere.
+        want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
                 val_loss = evaluate(s.strategy, s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
@@ -355,13 +362,6 @@ def train_steps(s, stop):
     return summary
 
 
-def write_summary(path, summary):
-    """summary.json, strict JSON (non-finite numbers become null)."""
-    with open(path, "w") as fh:
-        json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()},
-                  fh, indent=1, allow_nan=False)
-
-
 # ------------------------------------------------------------------------------------------ main
 def run(args):
     from mpi4py import MPI
@@ -371,11 +371,7 @@ def run(args):
     if world.Get_rank() != 0 and not args.verbose:
         sys.stdout = open(os.devnull, "w")
     stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    previous_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    signals = RunSignals(stop, world.Get_rank())     # set-up: a signal ends the run at once
     blas_limit = None
     try:
         s = setup(args, world)
@@ -384,15 +380,15 @@ def run(args):
             print_banner(s, hosts)
         # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
         blas_limit = threadpool_limits(limits=s.threads, user_api="blas")
+        signals.start_loop()                          # from here: stop at the next step boundary
         summary = train_steps(s, stop)
         if s.rank == 0:
-            write_summary(os.path.join(s.cfg.train.out_dir, "summary.json"), summary)
+            rundir.write_summary(s.cfg.train.out_dir, summary)   # with the earlier segments of a resumed run
         s.groups.free()
     finally:
         if blas_limit is not None:
             blas_limit.restore_original_limits()
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+        signals.restore()
         if sys.stdout is not stdout:
             sys.stdout.close()
             sys.stdout = stdout

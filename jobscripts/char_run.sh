@@ -8,6 +8,6 @@ char_run() {
   shift 2
   name="$(basename "$run")"
   mpiexec -n "$NP" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" "$@" \
-    --out "$run" | tee "$logdir/$name.log"
+    --out "$run" --overwrite | tee "$logdir/$name.log"
   cp "$run/summary.json" "$logdir/${name}_summary.json"
 }

@@ -15,7 +15,7 @@ for opt in adamw momentum; do
   [ "$opt" = momentum ] && extra=(--set train.batch_size=2 --set optim.name=momentum --set optim.lr=0.01)
   for overlap in true false; do
     mpiexec -n 2 hpclm train "${common[@]}" "${extra[@]}" --set comm.overlap=$overlap \
-      --out "runs/dp_overlap/$opt-overlap-$overlap"
+      --out "runs/dp_overlap/$opt-overlap-$overlap" --overwrite
   done
   hpclm analyze "runs/dp_overlap/$opt-overlap-true" "runs/dp_overlap/$opt-overlap-false" \
     --csv "$OUT/$opt.csv" | tee "$OUT/$opt.txt"

@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 runs=()
 for P in ${RANKS:-1 2 4}; do
   mpiexec -n "$P" hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
-    --set comm.algorithm=ring --out "runs/dp/P$P" | tee "$OUT/train-P$P.log"
+    --set comm.algorithm=ring --out "runs/dp/P$P" --overwrite | tee "$OUT/train-P$P.log"
   cp "runs/dp/P$P/summary.json" "$OUT/summary-P$P.json"
   runs+=("runs/dp/P$P")
 done

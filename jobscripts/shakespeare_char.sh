@@ -7,7 +7,7 @@ OUT=results/shakespeare_char
 mkdir -p "$OUT"
 for seed in ${SEEDS:-1337}; do
   hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" --set train.seed=$seed \
-    --out runs/shakespeare_char_seed$seed | tee "$OUT/seed$seed.log"
+    --out runs/shakespeare_char_seed$seed --overwrite | tee "$OUT/seed$seed.log"
   cp runs/shakespeare_char_seed$seed/timing.h5 "$OUT/seed${seed}_timing.h5"
   cp runs/shakespeare_char_seed$seed/summary.json "$OUT/seed${seed}_summary.json"
 done

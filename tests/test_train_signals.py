@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import assert_same_state, env, mpiexec, read_ckpt, summary, tiny_args  # noqa: E402
+from trainutil import assert_same_state, env, finish, mpiexec, read_ckpt, summary, tiny_args  # noqa: E402
 
 from hpclm.cli import main  # noqa: E402
 from hpclm.timing.reader import read_run  # noqa: E402
@@ -68,18 +68,6 @@ def launch(tmp_path, fault, argv, n=2):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
                             start_new_session=True)
     return proc, piddir
-
-
-def finish(proc, timeout):
-    """(returncode, stdout, stderr, seconds); kills the whole process group on timeout."""
-    t0 = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"job did not end within {timeout} s (hang)\n{out[-2000:]}\n{err[-2000:]}")
-    return proc.returncode, out, err, time.monotonic() - t0
 
 
 def wait_for_line(proc, prefix, timeout=60):

@@ -2,11 +2,15 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,3 +74,15 @@ def assert_same_state(a, b):
     for name in oa:
         assert np.array_equal(oa[name], ob[name]), f"optimizer state {name} differs"
     assert aa["step"] == ab["step"] and aa["optim_t"] == ab["optim_t"]
+
+
+def finish(proc, timeout):
+    """(returncode, stdout, stderr, seconds); kills the whole process group on timeout."""
+    t0 = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"job did not end within {timeout} s (hang)\n{out[-2000:]}\n{err[-2000:]}")
+    return proc.returncode, out, err, time.monotonic() - t0

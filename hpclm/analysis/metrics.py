@@ -3,6 +3,8 @@ stragglers, and scaling across runs. Pure NumPy on a RunRecord (hpclm.timing.rea
 
 Definitions (over the counted steps, i.e. after the first `skip_steps` warm-up rows):
 - region statistics: each rank's median seconds per step, then min / median / max across ranks;
+  a region that ran in fewer than half the counted steps (eval, checkpoint) is taken over the
+  steps where it ran (its time per occurrence), and `region_steps` says in how many;
 - fractions: sum over steps and ranks of the region group's time / sum of step_time;
 - exposed communication: comm + comm_wait, the time the training thread was blocked on
   communication (inside blocking calls, or waiting for non-blocking ones);
@@ -50,6 +52,7 @@ class RunSummary:
     steps: int                  # counted steps
     skipped: int
     regions: dict               # region -> Spread (regions with any recorded time)
+    region_steps: dict          # region -> steps it ran in, for regions taken per occurrence
     step_time: Spread
     compute_fraction: float
     comm_fraction: float        # exposed communication / step time
@@ -65,6 +68,27 @@ class RunSummary:
     final_val_loss: float       # validation loss of the last evaluation (NaN if none)
     group_bytes_sent: dict = None   # group -> bytes per step per rank (mean), groups that moved any
     memory: dict = None         # kind -> bytes held, max over steps and ranks (schema version >= 2)
+
+
+def _sparse_spread(times):
+    """Spread of each rank's median over the steps where the region ran (time > 0). (S, P)."""
+    per_rank = [np.median(column[column > 0]) for column in times.T if np.any(column > 0)]
+    return Spread(float(np.min(per_rank)), float(np.median(per_rank)), float(np.max(per_rank)))
+
+
+def _region_spreads(record, rows):
+    """(region -> Spread, region -> steps) over the counted rows; sparse regions per occurrence."""
+    spreads, steps = {}, {}
+    for name, t in record.times.items():
+        t = t[rows]
+        ran = int(np.max(np.sum(t > 0, axis=0))) if t.size else 0
+        if ran == 0:
+            continue
+        if 2 * ran < t.shape[0]:
+            spreads[name], steps[name] = _sparse_spread(t), ran
+        else:
+            spreads[name] = Spread.of(t)
+    return spreads, steps
 
 
 def _region_sum(record, names, rows):
@@ -114,11 +138,12 @@ def summarize(record, skip_steps=1, name=None):
     if background is not None and np.any(background[rows] > 0):
         wait = record.times.get("comm_wait", np.zeros_like(background))[rows]
         hidden = float(np.mean(np.maximum(background[rows] - wait, 0.0)))
+    spreads, sparse_steps = _region_spreads(record, rows)
     sent = record.per_rank["bytes_sent"][rows]
     uncompressed = record.per_rank["bytes_uncompressed"][rows]
     return RunSummary(
         name=name or record.name, world_size=record.world_size, steps=step_time.shape[0], skipped=skip_steps,
-        regions={r: Spread.of(t[rows]) for r, t in record.times.items() if np.any(t[rows] > 0)},
+        regions=spreads, region_steps=sparse_steps,
         step_time=Spread.of(step_time),
         compute_fraction=float(compute.sum() / total_time),
         comm_fraction=float(exposed.sum() / total_time),

@@ -1,11 +1,13 @@
 """`hpclm analyze RUN_DIR [RUN_DIR ...]`: print where each run's time and bytes went, compare runs.
 
-Reads RUN_DIR/timing.h5 through hpclm.timing.reader; definitions of every number are in
+Reads RUN_DIR's timing record through hpclm.timing.reader: timing.h5 and, for a resumed run,
+every timing-from-N.h5 segment, in step order; definitions of every number are in
 hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy per-rank table.
 """
 from pathlib import Path
 
 from hpclm.analysis import metrics
+from hpclm.errors import UserError
 from hpclm.timing.reader import read_run
 
 DEFINITIONS = """\
@@ -13,7 +15,8 @@ notes: exposed communication = comm + comm_wait, the time the training thread wa
   communication calls or waiting for non-blocking ones (not overlapped with anything);
   hidden communication = comm_async - comm_wait, the time non-blocking communication was in flight
   (measured off the training thread) while the rank computed; fractions are of the summed step time;
-  tokens/s = all ranks' tokens / sum over steps of the slowest rank's step time."""
+  tokens/s = all ranks' tokens / sum over steps of the slowest rank's step time;
+  a region marked [Nx] ran in only N of the counted steps: its times are per occurrence."""
 
 
 def add_arguments(parser):
@@ -37,8 +40,12 @@ def format_run(summary, record):
     lines = [f"== {s.name}: {s.world_size} ranks, {s.steps} steps counted ({s.skipped} warm-up skipped)"
              f", git {record.meta.get('git_commit', '?')}  [{record.path}]",
              f"  {'region (ms/step)':<18}{'min':>9} {'median':>9} {'max':>9}   (each rank's median over steps, across ranks)"]
+    if len(record.segments) > 1:
+        lines.insert(1, "  segments: " + ", ".join(f"{path.name} ({rows} steps from step {start})"
+                                                   for start, path, rows in record.segments))
     for name, spread in list(s.regions.items()) + [("step_time", s.step_time)]:
-        lines.append(f"  {name:<18}{ms(spread.min)} {ms(spread.median)} {ms(spread.max)}")
+        label = f"{name} [{s.region_steps[name]}x]" if name in s.region_steps else name
+        lines.append(f"  {label:<18}{ms(spread.min)} {ms(spread.median)} {ms(spread.max)}")
     lines.append(f"  step time: compute {s.compute_fraction:6.1%} | exposed communication {s.comm_fraction:6.1%}"
                  f" | other {s.other_fraction:6.1%}")
     hidden = ("not recorded (no comm_async times)" if s.hidden_comm_s is None
@@ -94,10 +101,17 @@ def run(args):
     print(DEFINITIONS)
     if args.csv:
         from hpclm.analysis.tidy import write_csv
-        write_csv(args.csv, records, names, args.skip_steps)
+        try:
+            write_csv(args.csv, records, names, args.skip_steps)
+        except OSError as exc:
+            raise UserError(f"cannot write --csv {args.csv}: {exc.strerror or exc}") from None
         print(f"wrote {args.csv}")
     if args.plots:
         from hpclm.analysis import plots
-        for path in plots.write_all(Path(args.plots), records, summaries, args.skip_steps):
+        try:
+            written = plots.write_all(Path(args.plots), records, summaries, args.skip_steps)
+        except OSError as exc:
+            raise UserError(f"cannot write --plots into {args.plots}: {exc.strerror or exc}") from None
+        for path in written:
             print(f"wrote {path}")
     return 0

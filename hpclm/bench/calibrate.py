@@ -43,7 +43,7 @@ LARGE = 64 << 10     # sizes >= this measure bandwidth (beta, gamma)
 
 def add_arguments(parser):
     parser.add_argument("--sizes", default="4,64,1K,16K,64K,256K,1M,2M,4M,8M,16M,32M,64M", help="message sizes (bytes)")
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=20, help="timed repetitions per message size")
     parser.add_argument("--out", default="results/calibration.json", help="where to write the fitted parameters")
 
 

@@ -47,9 +47,9 @@ def add_arguments(parser):
     parser.add_argument("--sizes", default="4:64M", help="'lo:hi' powers of two or a list '4,8K,16M' (bytes)")
     parser.add_argument("--algorithms", default=DEFAULT_ALGORITHMS, help="comma list; mpi is always timed too")
     parser.add_argument("--iters", type=int, default=20, help="timed repetitions per size and algorithm")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--op", default="sum", choices=comm.OPS)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
+    parser.add_argument("--dtype", default="float32", help="element type of the messages")
+    parser.add_argument("--op", default="sum", choices=comm.OPS, help="reduction operation")
     parser.add_argument("--check", action="store_true", help="verify results against MPI's Allreduce first")
     parser.add_argument("--calibration", help="cost-model JSON from `hpclm bench calibrate` (default: "
                         "results/calibration.json if present, else model defaults)")

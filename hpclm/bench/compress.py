@@ -25,9 +25,9 @@ def add_arguments(p):
                    "'lo:hi' power-of-two ranges (K/M/G = 2^10/2^20/2^30)")
     p.add_argument("--compressors", default=",".join(REGISTRY), help="comma list of registry names")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (best is reported) after one warm-up")
-    p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--density", type=float, default=0.01, help="topk / randomk: fraction of elements sent")
     p.add_argument("--threshold", type=float, default=2.576, help="threshold compressor (~1%% of N(0,1) above)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the buffers live")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 

@@ -20,16 +20,16 @@ from hpclm.optim import build_optimizer
 
 
 def add_arguments(p):
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=256)
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--vocab-size", type=int, default=65)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=int, default=4, help="attention heads")
+    p.add_argument("--n-embd", type=int, default=256, help="embedding width C")
+    p.add_argument("--block-size", type=int, default=128, help="context length T")
+    p.add_argument("--vocab-size", type=int, default=65, help="vocabulary size V")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step B")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter and activation dtype")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (row slices with 1-thread BLAS, and the peak's BLAS threads)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where the model runs")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 

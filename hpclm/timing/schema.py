@@ -37,10 +37,12 @@ A run may add extra regions by name (lower-case letters, digits, underscores).
 """
 import json
 import re
+from pathlib import Path
 
 SCHEMA_VERSION = 2                # 2: per-group bytes (/rank/group/...); version 1 records still read
 FILE_NAME = "timing.h5"
 TRACE_FILE_NAME = "trace.json"
+SEGMENT_NAME = re.compile(r"^timing-from-(\d+)\.h5$")   # a resumed run's record from step N on
 
 COMPUTE_REGIONS = ("forward", "backward", "optimizer", "compress", "decompress")
 EXPOSED_COMM_REGIONS = ("comm", "comm_wait", "pp_wait")
@@ -128,3 +130,19 @@ def decode_meta(attrs):
             value = value.item()
         meta[key] = value
     return meta
+
+
+def segment_file_name(start_step):
+    """The record of a run (segment) starting at `start_step`: timing.h5, or timing-from-N.h5 after a resume."""
+    return f"timing-from-{int(start_step)}.h5" if start_step else FILE_NAME
+
+
+def segment_files(run_dir):
+    """[(start step, path)] of every timing record in `run_dir`, in step order: timing.h5 (step 0)
+    first, then each resumed segment's timing-from-N.h5 by N."""
+    found = []
+    for path in Path(run_dir).iterdir():
+        match = SEGMENT_NAME.match(path.name)
+        if path.name == FILE_NAME or match:
+            found.append((int(match.group(1)) if match else 0, path))
+    return sorted(found)

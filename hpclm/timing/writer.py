@@ -16,7 +16,7 @@ def _appendable(f, path, width, dtype, chunk_rows):
     shape = (0,) if width is None else (0, width)
     fill = -1 if np.dtype(dtype).kind == "i" else np.nan
     return f.create_dataset(path, shape=shape, maxshape=(None,) + shape[1:], dtype=dtype,
-                            chunks=(chunk_rows,) + shape[1:], fillvalue=fill)
+                            chunks=(chunk_rows,) + shape[1:], fillvalue=fill, fletcher32=True)
 
 
 def _append(dataset, rows):

@@ -17,19 +17,6 @@ from trainutil import assert_same_state, env, read_ckpt, summary, tiny_args  # n
 from hpclm.cli import main  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("token-cache")
-
-
-@pytest.fixture(scope="module")
-def good_run(tmp_path_factory, cache):
-    """A finished 4-step run whose checkpoint the error tests try to damage."""
-    run_dir = tmp_path_factory.mktemp("good") / "run"
-    assert main(["train", "--out", str(run_dir)] + tiny_args(cache, steps=4)) == 0
-    return run_dir
-
-
 def train_error(capsys, argv):
     """Run `hpclm train ...` in-process; it must return 2 with exactly one `hpclm: error:` line."""
     capsys.readouterr()
