@@ -11,10 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from hpclm import checkpoint as ckpt_io
 from hpclm.errors import UserError
 from hpclm.timing import schema
 
-CHECKPOINT = "ckpt.h5"
+CHECKPOINT = ckpt_io.FILE_NAME
 SUMMARY = "summary.json"
 
 
