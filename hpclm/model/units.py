@@ -82,7 +82,12 @@ def _layernorm_backward(dout, cache, weight, dweight, dbias):
 # ---------------------------------------------------------------------------------------- hooks
 class IdentityHooks:
     """Block hooks that change nothing. Tensor parallelism (Megatron) replaces them: column_in is
-    the identity forward and an all-reduce backward; row_out an all-reduce forward, identity backward."""
+    the identity forward and an all-reduce backward; row_out an all-reduce forward, identity backward.
+
+    The block adds into what row_out returns (bias, residual) and keeps what column_in returns
+    in its cache; column_in_backward may work in place, row_out_backward must not (the block
+    still needs its argument for the residual's gradient).
+    """
 
     def column_in(self, x):                                    # (N, C) input of c_attn / c_fc
         return x
