@@ -53,61 +53,72 @@ def _uniform(key, i):
 
 
 # -- signs ---------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _pack_bits(bits, shift, out):
+    """Sign bits (bits[i] >> shift) into out (ceil(bits.size / 8),), the last byte zero-padded.
+    Kernels index chunk slices from 0 (so Numba can drop negative-index wrap-around and vectorize)."""
+    whole = bits.size // 8
+    for j in range(whole):
+        byte = np.int64(bits[8 * j] >> shift)
+        for b in range(1, 8):
+            byte = (byte << 1) | np.int64(bits[8 * j + b] >> shift)
+        out[j] = byte
+    if 8 * whole < bits.size:
+        byte = np.int64(0)
+        for i in range(8 * whole, 8 * whole + 8):
+            byte = (byte << 1) | (np.int64(bits[i] >> shift) if i < bits.size else np.int64(0))
+        out[whole] = byte
+
+
 @njit(cache=True, parallel=True)
 def _sign_pack(bits, shift, out):
     """bits: the float array viewed as unsigned ints (uint32, shift 31, or uint64, shift 63)."""
     n = bits.size
     for c in prange(_tasks(n)):
-        lo = c * CHUNK
-        hi = min(n, lo + CHUNK)
-        for j in range(lo // 8, (hi + 7) // 8):
-            byte = 0
-            for b in range(8):
-                i = 8 * j + b
-                s = (bits[i] >> shift) & 1 if i < n else 0
-                byte = (byte << 1) | s
-            out[j] = byte
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        _pack_bits(bits[lo:hi], shift, out[lo // 8:(hi + 7) // 8])
 
 
-@njit(cache=True, parallel=True)
-def _sign_pack_abs(g, out):
-    """Sign bits of g into out, and sum |g| (float64, per chunk then over chunks)."""
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _sign_pack_abs(g, bits, shift, out):
+    """Sign bits of g into out, and sum |g| (float64; reassociated, so not NumPy's order)."""
     n = g.size
     partial = np.zeros(_tasks(n), np.float64)
     for c in prange(_tasks(n)):
-        lo = c * CHUNK
-        hi = min(n, lo + CHUNK)
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        gc = g[lo:hi]
         total = 0.0
-        for i in range(lo, hi):
-            total += abs(g[i])
+        for i in range(gc.size):
+            total += abs(gc[i])
         partial[c] = total
-        for j in range(lo // 8, (hi + 7) // 8):
-            byte = 0
-            for b in range(8):
-                i = 8 * j + b
-                s = 1 if i < n and math.copysign(1.0, g[i]) < 0 else 0
-                byte = (byte << 1) | s
-            out[j] = byte
+        _pack_bits(bits[lo:hi], shift, out[lo // 8:(hi + 7) // 8])
     return partial.sum()
 
 
 @njit(cache=True, parallel=True)
 def _sign_unpack(packed, n, magnitude, flip, out32):
     """out32 (n,) uint32 float bits: ((bit << 31) | magnitude) ^ flip."""
+    base = magnitude ^ flip
     for c in prange(_tasks(n)):
-        lo = c * CHUNK
-        hi = min(n, lo + CHUNK)
-        for i in range(lo, hi):
-            bit = np.uint32((packed[i >> 3] >> (7 - (i & 7))) & 1)
-            out32[i] = ((bit << np.uint32(31)) | magnitude) ^ flip
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        o, p = out32[lo:hi], packed[lo // 8:(hi + 7) // 8]
+        whole = o.size // 8
+        for j in range(whole):
+            byte = np.uint32(p[j])
+            for b in range(8):
+                o[8 * j + b] = ((byte << np.uint32(24 + b)) & np.uint32(0x80000000)) ^ base
+        for i in range(8 * whole, o.size):
+            bit = np.uint32((p[i >> 3] >> (7 - (i & 7))) & 1)
+            o[i] = (bit << np.uint32(31)) ^ base
 
 
 @njit(cache=True, parallel=True)
 def _subtract_copysign(acc, s):
     n = acc.size
     for c in prange(_tasks(n)):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            acc[i] = acc[i] - math.copysign(s, acc[i])
+        a = acc[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        for i in range(a.size):
+            a[i] = a[i] - math.copysign(s, a[i])
 
 
 def pack_signs(g):
@@ -126,7 +137,12 @@ def pack_signs_abs(g):
     """(packed signs, sum |g| as float): ef_sign's two passes in one."""
     _threads()
     out = np.empty((g.size + 7) // 8, np.uint8)
-    total = _sign_pack_abs(np.ascontiguousarray(g), out)
+    g = np.ascontiguousarray(g)
+    if g.dtype == np.float32:
+        total = _sign_pack_abs(g, g.view(np.uint32), np.uint32(31), out)
+    else:
+        g = g.astype(np.float64, copy=False)
+        total = _sign_pack_abs(g, g.view(np.uint64), np.uint64(63), out)
     return out, float(total)
 
 
@@ -148,48 +164,48 @@ def subtract_scaled_sign(acc, scale):
 
 @njit(cache=True, parallel=True)
 def _abs_max(g):
+    """max float32(|g|) by the bit patterns (unsigned order = float order for |.|; NaN above inf)."""
     n = g.size
-    partial = np.zeros(_tasks(n), np.float64)
+    partial = np.zeros(_tasks(n), np.uint32)
     for c in prange(_tasks(n)):
-        m = 0.0
-        nan = 0
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            a = abs(g[i])
-            m = a if a > m else m
-            nan += a != a
-        partial[c] = np.nan if nan else m
-    return partial.max() if n else 0.0
+        partial[c] = _abs_max_bits(g[c * CHUNK:min(n, c * CHUNK + CHUNK)])
+    return np.uint32(partial.max()).view(np.float32) if n else np.float32(0.0)
 
 
 def abs_max(g):
-    """max |g| (NaN if any element is NaN; 0 for an empty g), as NumPy's abs(g).max()."""
+    """max |g| as float32 (NaN if any element is NaN; 0 for an empty g): terngrad's m, as NumPy's
+    abs(g).max() cast to float32 (rounding to float32 keeps the order, so max and cast commute)."""
     _threads()
     return _abs_max(np.ascontiguousarray(g))
 
 
 # -- int8 ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _abs_max_bits(g):
+    """The largest bit pattern of float32(|g[i]|) (a NaN beats every number)."""
+    m = np.uint32(0)
+    for i in range(g.size):
+        k = np.float32(abs(g[i])).view(np.uint32)
+        m = k if k > m else m
+    return m
+
+
 @njit(cache=True, parallel=True)
 def _int8_quantize(g, block, q, scales):
+    """Per block: m = max float32(|g|) (by bit patterns: a NaN wins), scale = m / 127,
+    q = rint(float32(g * (1 / scale))) (0 when scale is 0), as int8.int8_quantize."""
     n = g.size
     nb = scales.size
     per = max(1, CHUNK // block)
     for c in prange((nb + per - 1) // per):
         for b in range(c * per, min(nb, c * per + per)):
-            lo = b * block
-            hi = min(n, lo + block)
-            m = np.float32(0.0)
-            nan = 0
-            for i in range(lo, hi):
-                a = np.float32(abs(g[i]))
-                m = a if a > m else m
-                nan += a != a
-            if nan:
-                m = np.float32(np.nan)
-            sc = m / np.float32(127.0)
+            lo, hi = b * block, min(n, b * block + block)
+            gb, qb = g[lo:hi], q[lo:hi]
+            sc = np.uint32(_abs_max_bits(gb)).view(np.float32) / np.float32(127.0)
             scales[b] = sc
             inv = np.float32(1.0) / sc if sc != 0 else np.float32(0.0)
-            for i in range(lo, hi):
-                q[i] = np.int8(np.rint(np.float32(g[i]) * inv))
+            for i in range(gb.size):
+                qb[i] = np.int8(np.rint(np.float32(gb[i] * inv)))
 
 
 @njit(cache=True, parallel=True)
@@ -199,9 +215,11 @@ def _int8_dequantize(q, scales, block, out):
     per = max(1, CHUNK // block)
     for c in prange((nb + per - 1) // per):
         for b in range(c * per, min(nb, c * per + per)):
+            lo, hi = b * block, min(n, b * block + block)
+            qb, ob = q[lo:hi], out[lo:hi]
             s = scales[b]
-            for i in range(b * block, min(n, b * block + block)):
-                out[i] = np.float32(q[i]) * s
+            for i in range(qb.size):
+                ob[i] = np.float32(qb[i]) * s
 
 
 def int8_quantize(g, block):
@@ -221,65 +239,82 @@ def int8_dequantize(q, scales, block, out):
 
 
 # -- b-bit codes: qsgd, terngrad, kmeans ---------------------------------------------------------
-@njit(cache=True, inline="always")
-def _code(x, i, kind, f, s, key, midpoints):
-    if kind == 0:                                              # qsgd: sign(g) floor(|g| f + u) + s
-        t = np.float32(abs(x)) * f
-        t = t + _uniform(key, i)
-        t = np.float32(math.floor(t))
-        t = t if t < np.float32(s) else np.float32(s)
-        t = np.float32(math.copysign(t, x)) + np.float32(s)
-        return np.uint64(t)
-    if kind == 1:                                              # terngrad: 1 + sign(g) [u < |g| / m]
-        keep = _uniform(key, i) < np.float32(abs(x)) * f
-        if not keep:
-            return np.uint64(1)
-        return np.uint64(0) if math.copysign(1.0, x) < 0 else np.uint64(2)
-    code = midpoints.size                                      # kmeans: (k - 1) - #{m >= g}
-    for m in midpoints:
-        code -= x <= m
-    return np.uint64(code)
+@njit(cache=True)
+def _uniforms(key, offset, out):
+    """out[i] = uniform of counter offset + i (a loop of its own: the 64-bit hash vectorises)."""
+    for i in range(out.size):
+        out[i] = _uniform(key, offset + i)
+
+
+@njit(cache=True)
+def _codes(g, offset, kind, f, s, key, midpoints, out):
+    """out[i] = the code of g[i] (element offset + i of the gradient), one loop per kind."""
+    if kind == 0:                                              # qsgd: sign(g) min(floor(|g| f + u), s) + s
+        u = np.empty(g.size, np.float32)
+        _uniforms(key, offset, u)
+        sf = np.float32(s)
+        for i in range(g.size):
+            t = np.floor(np.float32(abs(g[i])) * f + u[i])
+            t = t if t < sf else sf
+            out[i] = np.uint8(np.float32(math.copysign(t, g[i])) + sf)
+    elif kind == 1:                                            # terngrad: 1 + sign(g) [u < |g| f]
+        u = np.empty(g.size, np.float32)
+        _uniforms(key, offset, u)
+        for i in range(g.size):
+            keep = np.int64(u[i] < np.float32(abs(g[i])) * f)
+            neg = np.int64(math.copysign(1.0, g[i]) < 0)
+            out[i] = np.uint8(1 + keep - 2 * (keep & neg))
+    else:                                                      # kmeans: (k - 1) - #{midpoints >= g}
+        for i in range(g.size):
+            out[i] = midpoints.size
+        for m in midpoints:
+            for i in range(g.size):
+                out[i] -= np.uint8(g[i] <= m)
+
+
+@njit(cache=True)
+def _pack(codes, bits, out):
+    """codes (8 * groups,) at `bits` bits each, eight per 8*bits-bit group, into out (MSB first)."""
+    for j in range(codes.size // 8):
+        word = np.uint64(0)
+        for b in range(8):
+            word = (word << np.uint64(bits)) | np.uint64(codes[8 * j + b])
+        word <<= np.uint64(64 - 8 * bits)
+        for b in range(bits):
+            k = j * bits + b
+            if k < out.size:
+                out[k] = np.uint8((word >> np.uint64(56 - 8 * b)) & np.uint64(0xFF))
 
 
 @njit(cache=True, parallel=True)
 def _encode_codes(g, kind, f, s, key, midpoints, bits, out):
-    """Codes of g packed at `bits` bits, eight codes per 8*bits-bit group (bits.pack_codes)."""
+    """Codes of g packed at `bits` bits (bits.pack_codes), chunk by chunk through a cached buffer."""
     n = g.size
-    groups = (n + 7) // 8
-    gpt = CHUNK // 8
-    nbytes = out.size
-    for c in prange((groups + gpt - 1) // gpt):
-        for j in range(c * gpt, min(groups, c * gpt + gpt)):
-            word = np.uint64(0)
-            for b in range(8):
-                i = 8 * j + b
-                code = _code(g[i], i, kind, f, s, key, midpoints) if i < n else np.uint64(0)
-                word = (word << np.uint64(bits)) | code
-            word <<= np.uint64(64 - 8 * bits)
-            for b in range(bits):
-                k = j * bits + b
-                if k < nbytes:
-                    out[k] = np.uint8((word >> np.uint64(56 - 8 * b)) & np.uint64(0xFF))
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        codes = np.zeros((hi - lo + 7) // 8 * 8, np.uint8)      # zero-padded to whole groups
+        _codes(g[lo:hi], lo, kind, f, s, key, midpoints, codes)
+        _pack(codes, bits, out[lo // 8 * bits:min(out.size, (hi + 7) // 8 * bits)])
 
 
 @njit(cache=True, parallel=True)
 def _decode_codes(packed, n, bits, table, out):
     """out[i] = table[code i] for the codes packed at `bits` bits."""
-    groups = (n + 7) // 8
-    gpt = CHUNK // 8
     mask = np.uint64((1 << bits) - 1)
-    nbytes = packed.size
-    for c in prange((groups + gpt - 1) // gpt):
-        for j in range(c * gpt, min(groups, c * gpt + gpt)):
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        o, p = out[lo:hi], packed[lo // 8 * bits:min(packed.size, (hi + 7) // 8 * bits)]
+        for j in range((o.size + 7) // 8):
             word = np.uint64(0)
             for b in range(bits):
                 k = j * bits + b
-                byte = np.uint64(packed[k]) if k < nbytes else np.uint64(0)
-                word = (word << np.uint64(8)) | byte
-            for b in range(8):
-                i = 8 * j + b
-                if i < n:
-                    out[i] = table[(word >> np.uint64(bits * (7 - b))) & mask]
+                word = (word << np.uint64(8)) | (np.uint64(p[k]) if k < p.size else np.uint64(0))
+            if 8 * j + 8 <= o.size:
+                for b in range(8):
+                    o[8 * j + b] = table[(word >> np.uint64(bits * (7 - b))) & mask]
+            else:
+                for b in range(o.size - 8 * j):
+                    o[8 * j + b] = table[(word >> np.uint64(bits * (7 - b))) & mask]
 
 
 _NO_MIDPOINTS = np.zeros(0, np.float32)
@@ -311,16 +346,15 @@ _REBIAS = _U64((((15 - 127) << 23) + 0xFFF) & 0xFFFFFFFF)
 
 @njit(cache=True, inline="always")
 def _f2h(x):
-    """float32 -> IEEE half bits (uint64), round to nearest even (half._float_to_half)."""
+    """float32 -> IEEE half bits, round to nearest even (half._float_to_half), branch-free."""
     f = np.uint64(np.float32(x).view(np.uint32))
     sign = (f >> np.uint64(16)) & np.uint64(0x8000)
     a = f & np.uint64(0x7FFFFFFF)
-    if a < np.uint64(113 << 23):                               # half subnormals and zero
-        h = np.uint64(np.rint(np.float32(abs(np.float32(x))) * np.float32(2.0 ** 24)))
-    elif a >= np.uint64((127 + 16) << 23):                     # >= 65536, inf, NaN
-        h = np.uint64(0x7E00) if a > np.uint64(255 << 23) else np.uint64(0x7C00)
-    else:
-        h = ((a + _REBIAS + ((a >> np.uint64(13)) & np.uint64(1))) & _MASK32) >> np.uint64(13)
+    normal = ((a + _REBIAS + ((a >> np.uint64(13)) & np.uint64(1))) & _MASK32) >> np.uint64(13)
+    small = np.uint64(np.int64(np.rint(min(np.float32(abs(np.float32(x))), np.float32(1.0)) * np.float32(2.0 ** 24))))
+    special = np.uint64(0x7E00) if a > np.uint64(255 << 23) else np.uint64(0x7C00)
+    h = small if a < np.uint64(113 << 23) else normal                      # half subnormals and zero
+    h = special if a >= np.uint64((127 + 16) << 23) else h                  # >= 65536, inf, NaN
     return np.uint16(h | sign)
 
 
@@ -353,27 +387,39 @@ def _bf2f(h):
 def _to_16(x, bf16, out):
     n = x.size
     for c in prange(_tasks(n)):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            out[i] = _f2bf(x[i]) if bf16 else _f2h(x[i])
+        xc, oc = x[c * CHUNK:min(n, c * CHUNK + CHUNK)], out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(xc.size):
+                oc[i] = _f2bf(xc[i])
+        else:
+            for i in range(xc.size):
+                oc[i] = _f2h(xc[i])
 
 
 @njit(cache=True, parallel=True)
 def _from_16(h, bf16, out):
     n = h.size
     for c in prange(_tasks(n)):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            out[i] = _bf2f(h[i]) if bf16 else _h2f(h[i])
+        hc, oc = h[c * CHUNK:min(n, c * CHUNK + CHUNK)], out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(hc.size):
+                oc[i] = _bf2f(hc[i])
+        else:
+            for i in range(hc.size):
+                oc[i] = _h2f(hc[i])
 
 
 @njit(cache=True, parallel=True)
 def _sum_16(acc, other, bf16):
     n = acc.size
     for c in prange(_tasks(n)):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            if bf16:
-                acc[i] = _f2bf(_bf2f(acc[i]) + _bf2f(other[i]))
-            else:
-                acc[i] = _f2h(_h2f(acc[i]) + _h2f(other[i]))
+        a, b = acc[c * CHUNK:min(n, c * CHUNK + CHUNK)], other[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(a.size):
+                a[i] = _f2bf(_bf2f(a[i]) + _bf2f(b[i]))
+        else:
+            for i in range(a.size):
+                a[i] = _f2h(_h2f(a[i]) + _h2f(b[i]))
 
 
 def to_16(x, bf16):
@@ -409,15 +455,17 @@ def _collect(g, t, strict, idx, counts):
     n = g.size
     nans = np.zeros(counts.size, np.int64)
     for c in prange(counts.size):
-        k = c * CHUNK
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        gc, ic = g[lo:hi], idx[lo:hi]
+        k = 0
         bad = 0
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            a = abs(g[i])
+        for i in range(gc.size):
+            a = abs(gc[i])
             bad += a != a
             if a > t or (a == t and not strict):
-                idx[k] = i
+                ic[k] = lo + i
                 k += 1
-        counts[c] = k - c * CHUNK
+        counts[c] = k
         nans[c] = bad
     return nans.sum()
 
@@ -452,17 +500,21 @@ def _collect_hash(key, n, cut, idx, hashes, counts):
     """Per chunk c: the counters i < n whose SplitMix64 hash (rng.hash64) is below cut, with the
     hash, into idx / hashes[c*CHUNK:], counts[c] of them."""
     for c in prange(counts.size):
-        k = c * CHUNK
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            z = _U64(i + 1) * _GOLDEN + key
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        ic, hc = idx[lo:hi], hashes[lo:hi]
+        h = np.empty(hi - lo, np.uint64)
+        for i in range(h.size):                                # vectorised hashing, then the scan
+            z = _U64(lo + i + 1) * _GOLDEN + key
             z = (z ^ (z >> _S30)) * _M1
             z = (z ^ (z >> _S27)) * _M2
-            z = z ^ (z >> _S31)
-            if z < cut:
-                idx[k] = i
-                hashes[k] = z
+            h[i] = z ^ (z >> _S31)
+        k = 0
+        for i in range(h.size):
+            if h[i] < cut:
+                ic[k] = lo + i
+                hc[k] = h[i]
                 k += 1
-        counts[c] = k - c * CHUNK
+        counts[c] = k
 
 
 @njit(cache=True)
@@ -493,8 +545,9 @@ def hashes_below(key, n, cut):
 def _zero(out):
     n = out.size
     for c in prange(_tasks(n)):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            out[i] = 0
+        o = out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        for i in range(o.size):
+            o[i] = 0
 
 
 @njit(cache=True)
