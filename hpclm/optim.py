@@ -6,6 +6,9 @@ is 1: the 2-D weights, as GPT-2/nanoGPT do; biases and LayerNorm gains are not d
 """
 import math
 
+import numpy
+
+from hpclm import kernels
 from hpclm import xp as X
 from hpclm.errors import UserError
 
@@ -111,13 +114,20 @@ class AdamW(Optimizer):
         xp = X.array_module(params)
         b1, b2, eps = self.cfg.beta1, self.cfg.beta2, self.cfg.eps
         m, v, tmp = self.state["exp_avg"], self.state["exp_avg_sq"], self._scratch
-        m *= b1
-        xp.multiply(grads, 1.0 - b1, out=tmp)
-        m += tmp
-        if self.momentum_hook is not None:
-            self.momentum_hook(m)
         freeze = self.cfg.freeze_variance_step
         t_v = min(self.t, freeze) if freeze else self.t     # updates that v has seen
+        fused = isinstance(params, numpy.ndarray) and kernels.enabled()   # one compiled pass (hpclm.model.fused)
+        if not fused or self.momentum_hook is not None:
+            m *= b1
+            xp.multiply(grads, 1.0 - b1, out=tmp)
+            m += tmp
+            if self.momentum_hook is not None:
+                self.momentum_hook(m)
+        if fused:
+            from hpclm.model.fused import adamw_update
+            adamw_update(params, grads, m, v, b1, b2, eps, lr, 1.0 - b1 ** self.t, 1.0 - b2 ** t_v,
+                         update_m=self.momentum_hook is None, update_v=t_v == self.t)
+            return
         if t_v == self.t:
             v *= b2
             xp.multiply(grads, grads, out=tmp)
