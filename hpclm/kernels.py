@@ -10,6 +10,11 @@ hpclm.model.layers call them through `enabled()` and fall back to the NumPy code
 complete and is what the kernels are tested against. Both modules are imported, and numba with
 them, only when enabled. The environment variable HPCLM_CPU_KERNELS sets the initial choice (the
 test suite runs under both). The GPU path (CuPy arrays) never goes through here.
+
+Threads: until use() says otherwise, parallel kernels use cores / ranks on this node when the MPI
+launcher says how many there are (MPI_LOCALNRANKS, OMPI_COMM_WORLD_LOCAL_SIZE), else all cores;
+idle OpenMP workers sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so they do
+not steal the cores from BLAS and the other ranks between kernels.
 """
 import importlib.util
 import os
@@ -18,6 +23,14 @@ from hpclm.errors import UserError
 
 CHOICES = ("auto", "numba", "numpy")
 _state = {"choice": None, "threads": 0}
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _launcher_threads():
+    """cores // ranks on this node when an MPI launcher says how many, else 0 (Numba's default)."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+    local = int(local) if local.isdigit() else 1
+    return max(1, (os.cpu_count() or 1) // local) if local > 1 else 0
 
 
 def numba_available():
@@ -45,7 +58,7 @@ def threads():
 def active():
     """'numba' or 'numpy'."""
     if _state["choice"] is None:
-        use(os.environ.get("HPCLM_CPU_KERNELS", "auto"))
+        use(os.environ.get("HPCLM_CPU_KERNELS", "auto"), _launcher_threads())
     return _state["choice"]
 
 

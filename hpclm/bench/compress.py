@@ -91,7 +91,7 @@ def run(args):
                 wire = payload_nbytes(payload)
                 rows.append(dict(compressor=name, kernels=path, n=n, gbps=4 * n / t / 1e9, ratio_memcpy=t_copy / t,
                                  ratio_min=float(ratios.min()), ratio_max=float(ratios.max()),
-                                 wire_bytes=wire, compression=4 * n / max(wire, 1),
+                                 wire_bytes=wire, compression=4 * n / max(wire, 1), t_ms=1e3 * t,
                                  t_compress_ms=1e3 * float(np.median(tc)), t_decompress_ms=1e3 * float(np.median(td))))
         t_copy = float(np.median(copy_times))
         rows.append(dict(compressor="memcpy", kernels="-", n=n, gbps=4 * n / t_copy / 1e9, ratio_memcpy=1.0,
