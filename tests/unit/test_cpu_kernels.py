@@ -3,6 +3,9 @@ payload and decompressed output bit for bit on sizes around the chunk and block 
 values (NaN, inf, -0.0, ties, all-zero), the 16-bit conversions on every half bit pattern, the
 wire sums and the fused error-feedback updates. ef_sign's scale is a float64 sum in another order:
 it agrees to 1 float32 ulp."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,25 +15,11 @@ from hpclm.config import CompressConfig
 from hpclm.errors import UserError
 
 pytest.importorskip("numba")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernelutil import both, restore_kernels  # noqa: E402,F401
 
 SIZES = [0, 1, 7, 8, 9, 255, 257, 4097, 65535, 65537, 300001]
 NAMES = [n for n in REGISTRY if n not in ("none", "powersgd")]   # powersgd is matrix products only
-
-
-@pytest.fixture
-def restore_kernels():
-    before = kernels.active()
-    yield
-    kernels.use(before)
-
-
-def both(fn):
-    """fn() under the NumPy twins, then under the compiled kernels."""
-    out = {}
-    for path in ("numpy", "numba"):
-        kernels.use(path)
-        out[path] = fn()
-    return out["numpy"], out["numba"]
 
 
 def same_bits(a, b):

@@ -2,33 +2,22 @@
 and hpclm.optim: each layer's forward and backward on edge shapes (one row, odd widths, T = 1), in
 float64 to 1e-12 relative (reductions run in another order) and float32 to 1e-5; the whole model's
 loss and gradients to 1e-12 (float64); AdamW bit for bit, frozen variance and momentum hook included."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from hpclm import kernels
 from hpclm.config import ModelConfig, OptimConfig
 from hpclm.model import GPT
 from hpclm.model import layers as L
 from hpclm.optim import AdamW
 
 pytest.importorskip("numba")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernelutil import both, restore_kernels  # noqa: E402,F401
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
-
-
-@pytest.fixture
-def restore_kernels():
-    before = kernels.active()
-    yield
-    kernels.use(before)
-
-
-def both(fn):
-    out = {}
-    for path in ("numpy", "numba"):
-        kernels.use(path)
-        out[path] = fn()
-    return out["numpy"], out["numba"]
 
 
 def close(a, b, dtype):
