@@ -21,6 +21,7 @@ setup(
         "numpy>=1.24",
         "h5py>=3.8",
         "mpi4py>=4.0",
+        "numba>=0.59",         # compiled CPU kernels (hpclm.compress.cpu, hpclm.model.fused); train.kernels
         "threadpoolctl>=3.1",  # single-threaded BLAS inside the row-slice threads (hpclm.model.threaded)
         "tomli>=2.0; python_version<'3.11'",
     ],

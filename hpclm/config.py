@@ -96,6 +96,7 @@ class TrainConfig:
     dtype: str = "float32"       # float32 | float64
     device: str = "cpu"          # cpu | gpu
     threads: int = 0             # CPU threads per rank running batch row slices; 0 = cores / local ranks
+    kernels: str = "auto"        # auto | numba | numpy: compiled CPU kernels (hpclm.kernels); auto = numba if it imports
     out_dir: str = "runs/default"
     timing: bool = True          # write RUN_DIR/timing.h5 (per-rank, per-step times and bytes)
     timing_flush: int = 10       # gather + flush the timing record every N steps
@@ -114,6 +115,8 @@ class TrainConfig:
             raise UserError(f"train.device must be cpu or gpu, got {self.device!r}")
         if self.threads < 0:
             raise UserError(f"train.threads must be >= 0, got {self.threads}")
+        if self.kernels not in ("auto", "numba", "numpy"):
+            raise UserError(f"train.kernels must be auto, numba or numpy, got {self.kernels!r}")
         if self.trace and not re.fullmatch(r"\d+:\d+", self.trace):
             raise UserError(f"train.trace must look like START:STOP (steps), got {self.trace!r}")
         if self.batch_size % self.grad_accum:

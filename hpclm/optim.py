@@ -6,6 +6,9 @@ is 1: the 2-D weights, as GPT-2/nanoGPT do; biases and LayerNorm gains are not d
 """
 import math
 
+import numpy
+
+from hpclm import kernels
 from hpclm import xp as X
 from hpclm.errors import UserError
 
@@ -111,6 +114,12 @@ class AdamW(Optimizer):
     state_names = ("exp_avg", "exp_avg_sq")
 
     def _update(self, params, grads, lr):
+        if isinstance(params, numpy.ndarray) and kernels.enabled():     # one compiled pass (hpclm.model.fused)
+            from hpclm.model.fused import adamw_update
+            b1, b2, t_v = self.cfg.beta1, self.cfg.beta2, self._updates_of_v()
+            adamw_update(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], b1, b2, self.cfg.eps, lr,
+                         1.0 - b1 ** self.t, 1.0 - b2 ** t_v, update_m=True, update_v=t_v == self.t)
+            return
         self.update_moments(grads)
         self.apply_moments(params, lr)
 
@@ -135,6 +144,12 @@ class AdamW(Optimizer):
 
     def apply_moments(self, params, lr):
         """p -= lr * m_hat / (sqrt(v_hat) + eps), with the bias corrections of this step."""
+        if isinstance(params, numpy.ndarray) and kernels.enabled():
+            from hpclm.model.fused import adamw_update
+            b1, b2 = self.cfg.beta1, self.cfg.beta2
+            adamw_update(params, params, self.state["exp_avg"], self.state["exp_avg_sq"], b1, b2, self.cfg.eps, lr,
+                         1.0 - b1 ** self.t, 1.0 - b2 ** self._updates_of_v(), update_m=False, update_v=False)
+            return
         xp = X.array_module(params)
         m, v, tmp = self.state["exp_avg"], self.state["exp_avg_sq"], self._scratch
         bias1 = 1.0 - self.cfg.beta1 ** self.t

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from hpclm import checkpoint as ckpt_io
 from hpclm import comm as collectives
-from hpclm import guard, rundir
+from hpclm import guard, kernels, rundir
 from hpclm import xp as X
 from hpclm.config import build_config, config_from_json
 from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
@@ -224,6 +224,7 @@ def setup(args, world):
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by data-parallel "
                                f"size x grad_accum x parallel.micro_batches ({dp_size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
+    collectively(world, kernels.use, cfg.train.kernels, threads)   # compiled CPU kernels (train.kernels) or NumPy
     model = collectively(world, build_model, cfg, threads, groups)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)

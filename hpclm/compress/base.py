@@ -70,11 +70,17 @@ class SixteenBit(Compressor):
     wire with the subclass's `wire_sum`. Subclasses set name, encode, decode and wire_sum (static)."""
 
     aggregate = AGGREGATE_SUM
+    is_bf16 = False   # the 16-bit format, for the compiled decode into `out`
 
     def compress(self, grad, step=0):
         return (self.encode(grad),), Context(grad.size, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) float32 buffer the compiled kernel writes into."""
+        from hpclm.compress.bits import compiled
+        if out is not None and compiled(payload[0]) and out.dtype == ctx.dtype == "float32":
+            from hpclm.compress import cpu
+            return cpu.from_16(payload[0], self.is_bf16, out)
         return self.decode(payload[0]).astype(ctx.dtype, copy=False)
 
     def payload_bytes(self, n, itemsize=4):

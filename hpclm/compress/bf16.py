@@ -10,11 +10,14 @@ import numpy
 
 from hpclm import xp as X
 from hpclm.compress.base import SixteenBit
-from hpclm.compress.bits import spans
+from hpclm.compress.bits import compiled, spans
 from hpclm.compress.half import CHUNK
 
 
 def to_bf16_bits(g):
+    if compiled(g):
+        from hpclm.compress import cpu
+        return cpu.to_16(g, True)
     xp = X.array_module(g)
     u = g.astype(xp.float32, copy=False).view(xp.uint32)
     r = (u >> xp.uint32(16)) & xp.uint32(1)
@@ -29,6 +32,9 @@ def to_bf16_bits(g):
 
 
 def from_bf16_bits(h, dtype=numpy.float32):
+    if compiled(h):
+        from hpclm.compress import cpu
+        return cpu.from_16(h, True).astype(dtype, copy=False)
     xp = X.array_module(h)
     return (h.astype(xp.uint32) << xp.uint32(16)).view(xp.float32).astype(dtype, copy=False)
 
@@ -37,6 +43,9 @@ def bf16_sum(acc, other):
     """acc <- bf16(float32(acc) + float32(other)), uint16 bf16 bits of one shape, in place; on
     NumPy in chunks of half.CHUNK elements so the float32 temporaries stay in cache (4M elements:
     16.5 ms whole, about 5 ms chunked)."""
+    if compiled(acc):
+        from hpclm.compress import cpu
+        return cpu.sum_16(acc, other, True)
     a, b = acc.reshape(-1), other.reshape(-1)
     for lo, hi in spans(a.size, CHUNK if X.array_module(a) is numpy else max(a.size, 1)):
         a[lo:hi] = to_bf16_bits(from_bf16_bits(a[lo:hi]) + from_bf16_bits(b[lo:hi]))
@@ -46,6 +55,7 @@ class BF16(SixteenBit):
     """payload = (uint16 bf16 bits (n,),); 2 n bytes."""
 
     name = "bf16"
+    is_bf16 = True
     encode = staticmethod(to_bf16_bits)
     decode = staticmethod(from_bf16_bits)
     wire_sum = staticmethod(bf16_sum)

@@ -6,6 +6,7 @@ codes back to back: element i occupies bits [i*b, (i+1)*b) of the stream.
 """
 import numpy
 
+from hpclm import kernels
 from hpclm import xp as X
 
 CHUNK = 1 << 18  # elements per chunk: temporaries stay in cache (a multiple of 8 and of common blocks)
@@ -21,6 +22,11 @@ def on_gpu(a):
     return X.device == "gpu" and not isinstance(a, numpy.ndarray)
 
 
+def compiled(a):
+    """True when a is a NumPy array and the compiled CPU kernels (hpclm.compress.cpu) are on."""
+    return isinstance(a, numpy.ndarray) and kernels.enabled()
+
+
 def packed_size(n, bits=1):
     return (n * bits + 7) // 8
 
@@ -30,6 +36,9 @@ def pack_signs(g):
     if on_gpu(g):
         from hpclm.compress import cuda
         return cuda.sign_pack(g)
+    if compiled(g):
+        from hpclm.compress import cpu
+        return cpu.pack_signs(g)
     n = g.size
     out = numpy.empty(packed_size(n), numpy.uint8)
     tmp = numpy.empty(min(n, CHUNK), numpy.bool_)
@@ -49,6 +58,9 @@ def unpack_signs(packed, n, scale=1.0, dtype=numpy.float32, out=None):
     dtype = numpy.dtype(dtype)
     if out is None or out.dtype != numpy.float32:
         out = numpy.empty(n, numpy.float32)
+    if compiled(packed):
+        from hpclm.compress import cpu
+        return cpu.unpack_signs(packed, n, scale, out).astype(dtype, copy=False)
     o32 = out.view(numpy.uint32)
     magnitude = numpy.float32(abs(scale)).view(numpy.uint32)
     for lo, hi in spans(n):  # chunks stay in cache: unpack, widen, shift into the sign bit, or |scale|

@@ -7,7 +7,7 @@ import numpy
 
 from hpclm import xp as X
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu, pack_signs, packed_size, spans, unpack_signs
+from hpclm.compress.bits import CHUNK, compiled, on_gpu, pack_signs, packed_size, spans, unpack_signs
 from hpclm.compress.signsgd import subtract_scaled_sign
 
 
@@ -39,6 +39,11 @@ class EFSign(Compressor):
 
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
+        if compiled(grad) and type(self).scale_of is EFSign.scale_of:     # signs and mean |g| in one pass
+            from hpclm.compress import cpu
+            packed, total = cpu.pack_signs_abs(grad)
+            scale = numpy.asarray([total / grad.size if grad.size else 0.0], dtype=numpy.float32)
+            return (packed, scale), Context(grad.size, grad.dtype)
         scale = xp.asarray([self.scale_of(grad)], dtype=xp.float32)          # (1,)
         return (pack_signs(grad), scale), Context(grad.size, grad.dtype)
 

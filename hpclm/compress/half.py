@@ -9,7 +9,7 @@ pass): at 16M elements about 2x faster than the casts. CuPy arrays use `astype` 
 import numpy
 
 from hpclm import xp as X
-from hpclm.compress.bits import spans
+from hpclm.compress.bits import compiled, spans
 
 _U = numpy.uint32
 CHUNK = 1 << 16
@@ -27,6 +27,9 @@ def half_to_float(h):
     """float16 array -> float32 array of the same shape, exactly."""
     if X.array_module(h) is not numpy:
         return h.astype(X.array_module(h).float32)
+    if compiled(h):
+        from hpclm.compress import cpu
+        return cpu.from_16(h, False)
     return _chunked(_half_to_float, h, numpy.float32)
 
 
@@ -34,6 +37,9 @@ def float_to_half(x):
     """float32 array -> float16 array of the same shape, rounded to nearest even (as astype)."""
     if X.array_module(x) is not numpy:
         return x.astype(X.array_module(x).float16)
+    if compiled(x):
+        from hpclm.compress import cpu
+        return cpu.to_16(x, False).view(numpy.float16)
     return _chunked(_float_to_half, x, numpy.float16)
 
 
@@ -44,6 +50,9 @@ def add_halves(acc, other):
         total += other
         acc[...] = total
         return
+    if compiled(acc):
+        from hpclm.compress import cpu
+        return cpu.sum_16(acc, other, False)
     a, b = acc.reshape(-1), other.reshape(-1)
     for lo, hi in spans(a.size, CHUNK):
         total = _half_to_float(a[lo:hi])                                 # (hi - lo,) float32

@@ -7,7 +7,7 @@ Aggregate: gather (scales differ across ranks). GPU: kernels/quantize.cu (int8_q
 import numpy
 
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import on_gpu, spans
+from hpclm.compress.bits import compiled, on_gpu, spans
 
 
 CHUNK_ELEMS = 1 << 18  # elements per chunk (rounded to whole blocks): temporaries stay in L2
@@ -75,6 +75,9 @@ class Int8(Compressor):
         if on_gpu(grad):
             from hpclm.compress import cuda
             q, s = cuda.int8_quantize(grad, self.block)
+        elif compiled(grad):
+            from hpclm.compress import cpu
+            q, s = cpu.int8_quantize(grad, self.block)
         else:
             q, s = int8_quantize(grad, self.block)
         return (q, s), Context(grad.size, grad.dtype)
@@ -85,6 +88,11 @@ class Int8(Compressor):
         if on_gpu(q):
             from hpclm.compress import cuda
             return cuda.int8_dequantize(q, s, self.block, ctx.n, ctx.dtype)
+        if compiled(q):
+            from hpclm.compress import cpu
+            if out is None or out.dtype != numpy.float32:
+                out = numpy.empty(ctx.n, numpy.float32)
+            return cpu.int8_dequantize(q, s, self.block, out).astype(ctx.dtype, copy=False)
         return int8_dequantize(q, s, self.block, ctx.n, ctx.dtype, out)
 
     def payload_bytes(self, n, itemsize=4):

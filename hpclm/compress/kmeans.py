@@ -12,7 +12,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, pack_codes, packed_size, spans, unpack_codes
+from hpclm.compress.bits import CHUNK, compiled, pack_codes, packed_size, spans, unpack_codes
 
 SAMPLE = 4096
 ITERS = 5
@@ -73,11 +73,19 @@ class KMeans(Compressor):
             sample = grad[(rng.hash64(rng.stream_key(self.seed, step, self.rank), SAMPLE, xp=xp)
                            % xp.uint64(n)).astype(xp.int64)]
         c = fit_centroids(sample, self.k)
-        codes = nearest_codes(grad, (c[1:] + c[:-1]) * xp.float32(0.5))
+        midpoints = (c[1:] + c[:-1]) * xp.float32(0.5)
+        if compiled(grad):                                                   # codes and packing in one pass
+            from hpclm.compress import cpu
+            return (cpu.encode_codes(grad, cpu.KMEANS, self.bits, midpoints=midpoints), c), Context(n, grad.dtype)
+        codes = nearest_codes(grad, midpoints)
         return (pack_codes(codes, self.bits), c), Context(n, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
         packed, c = payload
+        if compiled(packed):
+            from hpclm.compress import cpu
+            return cpu.decode_codes(packed, ctx.n, self.bits, c.astype(ctx.dtype), out)
         return c.astype(ctx.dtype)[unpack_codes(packed, ctx.n, self.bits)]
 
     def payload_bytes(self, n, itemsize=4):

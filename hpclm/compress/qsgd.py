@@ -12,7 +12,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, code_bits, on_gpu, pack_codes, packed_size, spans, unpack_codes
+from hpclm.compress.bits import CHUNK, code_bits, compiled, on_gpu, pack_codes, packed_size, spans, unpack_codes
 
 
 def qsgd_codes(g, f, s, key):
@@ -57,13 +57,23 @@ class QSGD(Compressor):
         if on_gpu(grad):
             from hpclm.compress import cuda
             codes = cuda.qsgd_codes(grad, f, self.s, key)
+        elif compiled(grad):                                                 # codes and packing in one pass
+            from hpclm.compress import cpu
+            return (norm, cpu.encode_codes(grad, cpu.QSGD, self.bits, f, self.s, key)), Context(grad.size, grad.dtype)
         else:
             codes = qsgd_codes(grad, f, self.s, key)
         return (norm, pack_codes(codes, self.bits)), Context(grad.size, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
         norm, packed = payload
         xp = X.array_module(packed)
+        if compiled(packed):                                                 # table[code] = (code - s) * norm / s
+            from hpclm.compress import cpu
+            table = numpy.arange(1 << self.bits).astype(ctx.dtype)
+            table -= self.s
+            table *= (norm / numpy.float32(self.s)).astype(ctx.dtype)
+            return cpu.decode_codes(packed, ctx.n, self.bits, table, out)
         codes = unpack_codes(packed, ctx.n, self.bits)
         out = codes.astype(ctx.dtype)
         out -= self.s

@@ -7,6 +7,9 @@ Values are not rescaled by n/k (biased towards zero; error feedback is on under 
 Indices: the k smallest of n SplitMix64 hashes (a uniformly random k-subset), sorted ascending;
 computed with the same arithmetic on CPU and GPU, so both backends pick the same subset.
 """
+import numpy
+
+from hpclm import kernels
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_SUM, Compressor, Context
@@ -27,9 +30,18 @@ def random_indices(n, k, seed, step, xp=None):
         return xp.arange(n, dtype=xp.int32)
     if k == 0:
         return xp.zeros(0, xp.int32)
-    h = rng.hash64(rng.stream_key(seed, step, 0), n, xp=xp)                  # (n,) uint64
+    key = rng.stream_key(seed, step, 0)
     cut = max(min((k + MARGIN_SIGMAS * k ** 0.5 + 16) / n, 1.0), 0.0) * 2.0 ** 64
-    candidates = xp.flatnonzero(h < xp.uint64(min(int(cut), (1 << 64) - 1)))
+    cut = min(int(cut), (1 << 64) - 1)
+    if xp is numpy and kernels.enabled():                             # candidates without the (n,) hashes
+        from hpclm.compress import cpu
+        candidates, hashes = cpu.hashes_below(key, n, cut)
+        if candidates.size >= k:
+            idx = candidates[numpy.argpartition(hashes, k - 1)[:k]].astype(numpy.int32)
+            idx.sort()
+            return idx
+    h = rng.hash64(key, n, xp=xp)                                            # (n,) uint64
+    candidates = xp.flatnonzero(h < xp.uint64(cut))
     if candidates.size < k:
         candidates = xp.arange(n)
     idx = candidates[xp.argpartition(h[candidates], k - 1)[:k]].astype(xp.int32)
@@ -57,7 +69,11 @@ class RandomK(Compressor):
         """The receiver's context for a payload of `step` (indices regenerated from the seed)."""
         return Context(n, dtype, extra=self.indices(n, step))
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
+        if isinstance(payload[0], numpy.ndarray) and kernels.enabled():
+            from hpclm.compress import cpu
+            return cpu.scatter(payload[0], ctx.extra, ctx.n, numpy.dtype(ctx.dtype), out)
         return scatter(payload[0], ctx.extra, ctx.n, ctx.dtype)
 
     def payload_bytes(self, n, itemsize=4):

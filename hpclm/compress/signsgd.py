@@ -6,7 +6,7 @@ Decompresses to +1 / -1. Aggregate: sign_vote: `majority_vote` of every rank's p
 import numpy
 
 from hpclm.compress.base import AGGREGATE_SIGN_VOTE, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu, pack_signs, packed_size, spans, unpack_signs
+from hpclm.compress.bits import CHUNK, compiled, on_gpu, pack_signs, packed_size, spans, unpack_signs
 
 
 def majority_vote(payloads, n):
@@ -50,6 +50,9 @@ def subtract_scaled_sign(acc, scale):
     if on_gpu(acc):
         from hpclm.compress import cuda
         return cuda.ef_sign_residual(acc, scale)
+    if compiled(acc):
+        from hpclm.compress import cpu
+        return cpu.subtract_scaled_sign(acc, scale)
     s = acc.dtype.type(scale)
     tmp = numpy.empty(min(acc.size, CHUNK), acc.dtype)
     for lo, hi in spans(acc.size):

@@ -17,6 +17,7 @@ the counts[c] after those of chunks < c, so the chunk of element j is the number
 device-side counts. Written against xp, so it runs on NumPy and CuPy arrays alike.
 """
 from hpclm import xp as X
+from hpclm.compress.half import float_to_half
 
 CHUNK_BITS = 16
 TOP = 2.0 ** 15         # what the largest magnitude maps to
@@ -40,7 +41,7 @@ def encode(values, indices, n):
     if v32.size:
         top = xp.abs(v32).max(keepdims=True) / xp.float32(TOP)                # (1,)
         scale = xp.where(top > 0, top, scale)
-    v16 = (v32 / scale).astype(xp.float16)                                    # (k,)
+    v16 = float_to_half(v32 / scale)                                          # (k,)
     local = (indices & 0xFFFF).astype(xp.uint16)                              # (k,)
     counts = xp.bincount(indices >> CHUNK_BITS, minlength=chunks(n)).astype(xp.int32)  # (C,)
     return v16, scale, local, counts

@@ -11,7 +11,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_GATHER, Compressor, Context
-from hpclm.compress.bits import CHUNK, on_gpu, pack_codes, packed_size, spans, unpack_codes
+from hpclm.compress.bits import CHUNK, compiled, on_gpu, pack_codes, packed_size, spans, unpack_codes
 
 
 def terngrad_codes(g, inv_m, key):
@@ -46,19 +46,33 @@ class TernGrad(Compressor):
 
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
-        m = (xp.abs(grad).max() if grad.size else xp.zeros(())).astype(xp.float32).reshape(1)
+        if compiled(grad):
+            from hpclm.compress import cpu
+            m = numpy.asarray([cpu.abs_max(grad)]).astype(numpy.float32)
+        else:
+            m = (xp.abs(grad).max() if grad.size else xp.zeros(())).astype(xp.float32).reshape(1)
         mv = float(m[0])
         inv = numpy.float32(1.0) / numpy.float32(mv) if mv > 0 else numpy.float32(0.0)
         key = rng.stream_key(self.seed, step, self.rank)
         if on_gpu(grad):
             from hpclm.compress import cuda
             codes = cuda.terngrad_codes(grad, inv, key)
+        elif compiled(grad):                                                 # codes and packing in one pass
+            from hpclm.compress import cpu
+            return (m, cpu.encode_codes(grad, cpu.TERNGRAD, 2, inv, 0, key)), Context(grad.size, grad.dtype)
         else:
             codes = terngrad_codes(grad, inv, key)
         return (m, pack_codes(codes, 2)), Context(grad.size, grad.dtype)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
         m, packed = payload
+        if compiled(packed):                                                 # table[code] = (code - 1) * m
+            from hpclm.compress import cpu
+            table = numpy.arange(4).astype(ctx.dtype)
+            table -= 1
+            table *= m.astype(ctx.dtype)
+            return cpu.decode_codes(packed, ctx.n, 2, table, out)
         out = unpack_codes(packed, ctx.n, 2).astype(ctx.dtype)
         out -= 1
         out *= m.astype(ctx.dtype)

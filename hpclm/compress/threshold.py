@@ -6,6 +6,7 @@ payload_bytes(n, itemsize, count) (without count, the worst case c = n). Aggrega
 (variable-size: all-gather the sizes first).
 """
 from hpclm import xp as X
+from hpclm.compress.bits import compiled
 from hpclm.compress.topk import SparseCompressor
 
 
@@ -20,6 +21,11 @@ class Threshold(SparseCompressor):
 
     def compress(self, grad, step=0):
         xp = X.array_module(grad)
+        if compiled(grad):                                                   # one pass: indices and values
+            from hpclm.compress import cpu
+            found = cpu.select_abs(grad, self.threshold, strict=True)
+            if found is not None:
+                return self.sparse_payload(grad, *found)
         return self.sparse_payload(grad, xp.flatnonzero(xp.abs(grad) > self.threshold).astype(xp.int32))
 
     def payload_bytes(self, n, itemsize=4, count=None):

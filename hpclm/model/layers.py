@@ -4,17 +4,31 @@
 `<layer>_backward(dout, cache, <grad views>) -> dx` ADDS parameter gradients into the given
 (preallocated) views and returns the gradient of the input.
 
+Element-wise passes go through the compiled kernels of hpclm.model.fused when hpclm.kernels is
+on and the arrays are NumPy's (`_fused`); the code below is their NumPy twin (and the CuPy path).
+
 Dimension legend:
     B batch, T time (sequence), C channels (n_embd), H heads, D = C / H head size,
     V vocabulary, N = B * T rows. Activations are kept as (N, C) row matrices.
 """
 import math
 
+import numpy
+
+from hpclm import kernels
 from hpclm import xp as X
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 LN_EPS = 1e-5
+
+
+def _fused(a):
+    """hpclm.model.fused when the compiled kernels are on and `a` is a NumPy array, else None."""
+    if isinstance(a, numpy.ndarray) and kernels.enabled():
+        from hpclm.model import fused
+        return fused
+    return None
 
 
 # ---------------------------------------------------------------------------------------- embedding
@@ -38,6 +52,8 @@ def embedding_backward(dx, idx, dwte, dwpe):
 # ---------------------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, weight, bias):
     """x (N, C) -> weight * (x - mean) / sqrt(var + eps) + bias."""
+    if _fused(x):
+        return _fused(x).layernorm_forward(x, weight, bias)
     xp = X.array_module(x)
     mean = x.mean(axis=1, keepdims=True)                       # (N, 1)
     xhat = x - mean                                            # (N, C)
@@ -50,6 +66,8 @@ def layernorm_forward(x, weight, bias):
 
 
 def layernorm_backward(dout, cache, dweight, dbias):
+    if _fused(dout):
+        return _fused(dout).layernorm_backward(dout, cache, dweight, dbias)
     xhat, rstd, weight = cache
     xp = X.array_module(dout)
     dbias += dout.sum(axis=0)
@@ -86,6 +104,8 @@ def linear_backward(dout, x, weight, dweight, dbias, need_dx=True):
 # ---------------------------------------------------------------------------------------- GELU
 def gelu_forward(h):
     """GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))."""
+    if _fused(h):
+        return _fused(h).gelu_forward(h)
     xp = X.array_module(h)
     t = h * h                                                  # (N, 4C)
     t *= GELU_CUBIC
@@ -102,6 +122,8 @@ def gelu_forward(h):
 def gelu_backward(dout, cache):
     """d/dh = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2), with t the tanh."""
     h, t = cache
+    if _fused(h):
+        return _fused(h).gelu_backward(dout, cache)
     inner = h * h                                              # (N, 4C)
     inner *= 3.0 * GELU_CUBIC
     inner += 1.0
@@ -135,11 +157,14 @@ def attention_forward(qkv, B, T, n_head, mask):
     q, k, v = heads[0], heads[1], heads[2]                     # (B, H, T, D) each
     scale = 1.0 / math.sqrt(D)
     att = q @ k.transpose(0, 1, 3, 2)                          # (B, H, T, T)
-    att *= scale
-    att += mask
-    att -= att.max(axis=-1, keepdims=True)
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)                     # softmax over keys
+    if _fused(att) and mask.shape == (T, T):                   # the causal mask: one fused pass
+        _fused(att).causal_softmax(att, scale)
+    else:
+        att *= scale
+        att += mask
+        att -= att.max(axis=-1, keepdims=True)
+        xp.exp(att, out=att)
+        att /= att.sum(axis=-1, keepdims=True)                 # softmax over keys
     y = att @ v                                                # (B, H, T, D)
     y = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # (N, C), copies
     return y, (heads, att)
@@ -157,10 +182,13 @@ def attention_backward(dy, cache):
     xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dheads[2])    # dv = att^T dy
     datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, H, T, T)
     # softmax backward: dscores = att * (datt - sum(datt * att, keys))
-    row_dot = xp.einsum("bhts,bhts->bht", datt, att)[..., None]
-    datt -= row_dot
-    datt *= att
-    datt *= scale
+    if _fused(datt):
+        _fused(datt).causal_softmax_backward(datt, att, scale)
+    else:
+        row_dot = xp.einsum("bhts,bhts->bht", datt, att)[..., None]
+        datt -= row_dot
+        datt *= att
+        datt *= scale
     xp.matmul(datt, k, out=dheads[0])                          # dq = dscores k
     xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dheads[1])    # dk = dscores^T q
     return dheads.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * D)  # (N, 3C), copies
@@ -169,6 +197,8 @@ def attention_backward(dy, cache):
 # ---------------------------------------------------------------------------------------- loss
 def cross_entropy_forward(logits, targets):
     """logits (N, V), targets (N,) -> mean negative log-likelihood; caches the softmax."""
+    if _fused(logits):
+        return _fused(logits).cross_entropy_forward(logits, targets)
     xp = X.array_module(logits)
     probs = logits - logits.max(axis=1, keepdims=True)         # (N, V)
     xp.exp(probs, out=probs)
@@ -181,6 +211,8 @@ def cross_entropy_forward(logits, targets):
 def cross_entropy_backward(cache):
     """d(mean NLL)/dlogits = (softmax - onehot) / N, computed in place in the cached probs."""
     probs, targets = cache
+    if _fused(probs):
+        return _fused(probs).cross_entropy_backward(cache)
     xp = X.array_module(probs)
     N = targets.shape[0]
     probs[xp.arange(N), targets] -= 1.0

@@ -1,0 +1,588 @@
+"""Compiled CPU kernels of the compressors (Numba), beside cuda.py: one pass over the gradient each.
+
+Imported only when hpclm.kernels.enabled(); every function here has a NumPy twin in the
+compressor's own module with the same semantics, and the tests hold them to it (bit-identical
+outputs, except ef_sign's mean |g|, a float64 sum in another order: the float32 scale agrees to
+1 ulp). Parallel kernels cut the array into CHUNK-element chunks (a multiple of 8 and of the
+int8 block) run by `prange`; Numba's thread count follows train.threads (hpclm.kernels.threads()).
+Float arithmetic is plain IEEE (no fastmath), so the compiled code rounds as NumPy does.
+
+    packed bits / codes: element 0 is the MSB of byte 0 (np.packbits order), b-bit codes back to back
+    rng: SplitMix64 of counter i + 1 of the stream key, top 24 bits * 2^-24 (hpclm.compress.rng)
+"""
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from hpclm import kernels
+
+CHUNK = 1 << 16                   # elements per parallel task (multiple of 8 and of power-of-two blocks)
+
+_U64 = np.uint64
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+_M1 = _U64(0xBF58476D1CE4E5B9)
+_M2 = _U64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S40 = _U64(30), _U64(27), _U64(31), _U64(40)
+_TWO_M24 = np.float32(2.0 ** -24)
+_MASK32 = _U64(0xFFFFFFFF)
+
+QSGD, TERNGRAD, KMEANS = 0, 1, 2  # kinds of encode_codes
+
+
+def _threads():
+    if kernels.threads() > 0:
+        numba.set_num_threads(min(kernels.threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+@njit(cache=True, inline="always")
+def _tasks(n):
+    return (n + CHUNK - 1) // CHUNK
+
+
+# -- rng -----------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _uniform(key, i):
+    """float32 in [0, 1) of counter i of stream `key` (rng.uniform's element i)."""
+    z = _U64(i + 1) * _GOLDEN + key
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    z = z ^ (z >> _S31)
+    return np.float32(z >> _S40) * _TWO_M24
+
+
+# -- signs ---------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _pack_bits(bits, shift, out):
+    """Sign bits (bits[i] >> shift) into out (ceil(bits.size / 8),), the last byte zero-padded.
+    Kernels index chunk slices from 0 (so Numba can drop negative-index wrap-around and vectorize)."""
+    whole = bits.size // 8
+    for j in range(whole):
+        byte = np.int64(bits[8 * j] >> shift)
+        for b in range(1, 8):
+            byte = (byte << 1) | np.int64(bits[8 * j + b] >> shift)
+        out[j] = byte
+    if 8 * whole < bits.size:
+        byte = np.int64(0)
+        for i in range(8 * whole, 8 * whole + 8):
+            byte = (byte << 1) | (np.int64(bits[i] >> shift) if i < bits.size else np.int64(0))
+        out[whole] = byte
+
+
+@njit(cache=True, parallel=True)
+def _sign_pack(bits, shift, out):
+    """bits: the float array viewed as unsigned ints (uint32, shift 31, or uint64, shift 63)."""
+    n = bits.size
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        _pack_bits(bits[lo:hi], shift, out[lo // 8:(hi + 7) // 8])
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _sign_pack_abs(g, bits, shift, out):
+    """Sign bits of g into out, and sum |g| (float64; reassociated, so not NumPy's order)."""
+    n = g.size
+    partial = np.zeros(_tasks(n), np.float64)
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        gc = g[lo:hi]
+        total = 0.0
+        for i in range(gc.size):
+            total += abs(gc[i])
+        partial[c] = total
+        _pack_bits(bits[lo:hi], shift, out[lo // 8:(hi + 7) // 8])
+    return partial.sum()
+
+
+@njit(cache=True, parallel=True)
+def _sign_unpack(packed, n, magnitude, flip, out32):
+    """out32 (n,) uint32 float bits: ((bit << 31) | magnitude) ^ flip."""
+    base = magnitude ^ flip
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        o, p = out32[lo:hi], packed[lo // 8:(hi + 7) // 8]
+        whole = o.size // 8
+        for j in range(whole):
+            byte = np.uint32(p[j])
+            for b in range(8):
+                o[8 * j + b] = ((byte << np.uint32(24 + b)) & np.uint32(0x80000000)) ^ base
+        for i in range(8 * whole, o.size):
+            bit = np.uint32((p[i >> 3] >> (7 - (i & 7))) & 1)
+            o[i] = (bit << np.uint32(31)) ^ base
+
+
+@njit(cache=True, parallel=True)
+def _subtract_copysign(acc, s):
+    n = acc.size
+    for c in prange(_tasks(n)):
+        a = acc[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        for i in range(a.size):
+            a[i] = a[i] - math.copysign(s, a[i])
+
+
+def pack_signs(g):
+    """(n,) float -> (ceil(n/8),) uint8 sign bits (twin: bits.pack_signs)."""
+    _threads()
+    out = np.empty((g.size + 7) // 8, np.uint8)
+    g = np.ascontiguousarray(g)
+    if g.dtype == np.float32:
+        _sign_pack(g.view(np.uint32), np.uint32(31), out)
+    else:
+        _sign_pack(g.astype(np.float64, copy=False).view(np.uint64), np.uint64(63), out)
+    return out
+
+
+def pack_signs_abs(g):
+    """(packed signs, sum |g| as float): ef_sign's two passes in one."""
+    _threads()
+    out = np.empty((g.size + 7) // 8, np.uint8)
+    g = np.ascontiguousarray(g)
+    if g.dtype == np.float32:
+        total = _sign_pack_abs(g, g.view(np.uint32), np.uint32(31), out)
+    else:
+        g = g.astype(np.float64, copy=False)
+        total = _sign_pack_abs(g, g.view(np.uint64), np.uint64(63), out)
+    return out, float(total)
+
+
+def unpack_signs(packed, n, scale, out):
+    """Into out (n,) float32: +|scale| for bit 0, -|scale| for bit 1, all negated if scale < 0
+    (twin: bits.unpack_signs; negating a float flips its sign bit)."""
+    _threads()
+    magnitude = np.float32(abs(scale)).view(np.uint32)
+    flip = np.uint32(0x80000000 if scale < 0 else 0)
+    _sign_unpack(packed, int(n), magnitude, flip, out.view(np.uint32))
+    return out
+
+
+def subtract_scaled_sign(acc, scale):
+    """acc -= copysign(scale, acc), in place (twin: signsgd.subtract_scaled_sign)."""
+    _threads()
+    _subtract_copysign(acc, acc.dtype.type(scale))
+
+
+@njit(cache=True, parallel=True)
+def _abs_max(g):
+    """max float32(|g|) by the bit patterns (unsigned order = float order for |.|; NaN above inf)."""
+    n = g.size
+    partial = np.zeros(_tasks(n), np.uint32)
+    for c in prange(_tasks(n)):
+        partial[c] = _abs_max_bits(g[c * CHUNK:min(n, c * CHUNK + CHUNK)])
+    return np.uint32(partial.max()).view(np.float32) if n else np.float32(0.0)
+
+
+def abs_max(g):
+    """max |g| as float32 (NaN if any element is NaN; 0 for an empty g): terngrad's m, as NumPy's
+    abs(g).max() cast to float32 (rounding to float32 keeps the order, so max and cast commute)."""
+    _threads()
+    return _abs_max(np.ascontiguousarray(g))
+
+
+# -- int8 ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _abs_max_bits(g):
+    """The largest bit pattern of float32(|g[i]|) (a NaN beats every number)."""
+    m = np.uint32(0)
+    for i in range(g.size):
+        k = np.float32(abs(g[i])).view(np.uint32)
+        m = k if k > m else m
+    return m
+
+
+@njit(cache=True, parallel=True)
+def _int8_quantize(g, block, q, scales):
+    """Per block: m = max float32(|g|) (by bit patterns: a NaN wins), scale = m / 127,
+    q = rint(float32(g * (1 / scale))) (0 when scale is 0), as int8.int8_quantize."""
+    n = g.size
+    nb = scales.size
+    per = max(1, CHUNK // block)
+    for c in prange((nb + per - 1) // per):
+        for b in range(c * per, min(nb, c * per + per)):
+            lo, hi = b * block, min(n, b * block + block)
+            gb, qb = g[lo:hi], q[lo:hi]
+            sc = np.uint32(_abs_max_bits(gb)).view(np.float32) / np.float32(127.0)
+            scales[b] = sc
+            inv = np.float32(1.0) / sc if sc != 0 else np.float32(0.0)
+            for i in range(gb.size):
+                qb[i] = np.int8(np.rint(np.float32(gb[i] * inv)))
+
+
+@njit(cache=True, parallel=True)
+def _int8_dequantize(q, scales, block, out):
+    n = q.size
+    nb = scales.size
+    per = max(1, CHUNK // block)
+    for c in prange((nb + per - 1) // per):
+        for b in range(c * per, min(nb, c * per + per)):
+            lo, hi = b * block, min(n, b * block + block)
+            qb, ob = q[lo:hi], out[lo:hi]
+            s = scales[b]
+            for i in range(qb.size):
+                ob[i] = np.float32(qb[i]) * s
+
+
+def int8_quantize(g, block):
+    """(q int8 (n,), scales float32 (ceil(n/block),)) (twin: int8.int8_quantize)."""
+    _threads()
+    q = np.empty(g.size, np.int8)
+    scales = np.empty(-(-g.size // block), np.float32)
+    _int8_quantize(np.ascontiguousarray(g), block, q, scales)
+    return q, scales
+
+
+def int8_dequantize(q, scales, block, out):
+    """Into out (n,) float32 (twin: int8.int8_dequantize)."""
+    _threads()
+    _int8_dequantize(q, scales, block, out)
+    return out
+
+
+# -- b-bit codes: qsgd, terngrad, kmeans ---------------------------------------------------------
+@njit(cache=True)
+def _uniforms(key, offset, out):
+    """out[i] = uniform of counter offset + i (a loop of its own: the 64-bit hash vectorises)."""
+    for i in range(out.size):
+        out[i] = _uniform(key, offset + i)
+
+
+@njit(cache=True)
+def _codes(g, offset, kind, f, s, key, midpoints, out):
+    """out[i] = the code of g[i] (element offset + i of the gradient), one loop per kind."""
+    if kind == 0:                                              # qsgd: sign(g) min(floor(|g| f + u), s) + s
+        u = np.empty(g.size, np.float32)
+        _uniforms(key, offset, u)
+        sf = np.float32(s)
+        for i in range(g.size):
+            t = np.floor(np.float32(abs(g[i])) * f + u[i])
+            t = t if t < sf else sf
+            out[i] = np.uint8(np.float32(math.copysign(t, g[i])) + sf)
+    elif kind == 1:                                            # terngrad: 1 + sign(g) [u < |g| f]
+        u = np.empty(g.size, np.float32)
+        _uniforms(key, offset, u)
+        for i in range(g.size):
+            keep = np.int64(u[i] < np.float32(abs(g[i])) * f)
+            neg = np.int64(math.copysign(1.0, g[i]) < 0)
+            out[i] = np.uint8(1 + keep - 2 * (keep & neg))
+    else:                                                      # kmeans: (k - 1) - #{midpoints >= g}
+        for i in range(g.size):
+            out[i] = midpoints.size
+        for m in midpoints:
+            for i in range(g.size):
+                out[i] -= np.uint8(g[i] <= m)
+
+
+@njit(cache=True)
+def _pack(codes, bits, out):
+    """codes (8 * groups,) at `bits` bits each, eight per 8*bits-bit group, into out (MSB first)."""
+    for j in range(codes.size // 8):
+        word = np.uint64(0)
+        for b in range(8):
+            word = (word << np.uint64(bits)) | np.uint64(codes[8 * j + b])
+        word <<= np.uint64(64 - 8 * bits)
+        for b in range(bits):
+            k = j * bits + b
+            if k < out.size:
+                out[k] = np.uint8((word >> np.uint64(56 - 8 * b)) & np.uint64(0xFF))
+
+
+@njit(cache=True, parallel=True)
+def _encode_codes(g, kind, f, s, key, midpoints, bits, out):
+    """Codes of g packed at `bits` bits (bits.pack_codes), chunk by chunk through a cached buffer."""
+    n = g.size
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        codes = np.zeros((hi - lo + 7) // 8 * 8, np.uint8)      # zero-padded to whole groups
+        _codes(g[lo:hi], lo, kind, f, s, key, midpoints, codes)
+        _pack(codes, bits, out[lo // 8 * bits:min(out.size, (hi + 7) // 8 * bits)])
+
+
+@njit(cache=True, parallel=True)
+def _decode_codes(packed, n, bits, table, out):
+    """out[i] = table[code i] for the codes packed at `bits` bits."""
+    mask = np.uint64((1 << bits) - 1)
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        o, p = out[lo:hi], packed[lo // 8 * bits:min(packed.size, (hi + 7) // 8 * bits)]
+        for j in range((o.size + 7) // 8):
+            word = np.uint64(0)
+            for b in range(bits):
+                k = j * bits + b
+                word = (word << np.uint64(8)) | (np.uint64(p[k]) if k < p.size else np.uint64(0))
+            if 8 * j + 8 <= o.size:
+                for b in range(8):
+                    o[8 * j + b] = table[(word >> np.uint64(bits * (7 - b))) & mask]
+            else:
+                for b in range(o.size - 8 * j):
+                    o[8 * j + b] = table[(word >> np.uint64(bits * (7 - b))) & mask]
+
+
+_NO_MIDPOINTS = np.zeros(0, np.float32)
+
+
+def encode_codes(g, kind, bits, f=0.0, s=0, key=0, midpoints=_NO_MIDPOINTS):
+    """(ceil(n*bits/8),) uint8: the compressor's codes, packed (twins: qsgd.qsgd_codes,
+    terngrad.terngrad_codes, kmeans.nearest_codes, each followed by bits.pack_codes)."""
+    _threads()
+    out = np.empty((g.size * bits + 7) // 8, np.uint8)
+    _encode_codes(np.ascontiguousarray(g), kind, np.float32(f), int(s), np.uint64(key),
+                  np.ascontiguousarray(midpoints, dtype=np.float32), int(bits), out)
+    return out
+
+
+def decode_codes(packed, n, bits, table, out=None):
+    """(n,) of table's dtype: table[code] for each packed code (twins: bits.unpack_codes and the
+    compressors' decompress arithmetic, which the caller folds into `table`, (2**bits,))."""
+    _threads()
+    if out is None or out.dtype != table.dtype or out.size != n:
+        out = np.empty(n, table.dtype)
+    _decode_codes(packed, int(n), int(bits), table, out)
+    return out
+
+
+# -- 16-bit floats -------------------------------------------------------------------------------
+_REBIAS = _U64((((15 - 127) << 23) + 0xFFF) & 0xFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _f2h(x):
+    """float32 -> IEEE half bits, round to nearest even (half._float_to_half), branch-free."""
+    f = np.uint64(np.float32(x).view(np.uint32))
+    sign = (f >> np.uint64(16)) & np.uint64(0x8000)
+    a = f & np.uint64(0x7FFFFFFF)
+    normal = ((a + _REBIAS + ((a >> np.uint64(13)) & np.uint64(1))) & _MASK32) >> np.uint64(13)
+    small = np.uint64(np.int64(np.rint(min(np.float32(abs(np.float32(x))), np.float32(1.0)) * np.float32(2.0 ** 24))))
+    special = np.uint64(0x7E00) if a > np.uint64(255 << 23) else np.uint64(0x7C00)
+    h = small if a < np.uint64(113 << 23) else normal                      # half subnormals and zero
+    h = special if a >= np.uint64((127 + 16) << 23) else h                  # >= 65536, inf, NaN
+    return np.uint16(h | sign)
+
+
+@njit(cache=True, inline="always")
+def _h2f(h):
+    """IEEE half bits -> float32, exactly (half._half_to_float)."""
+    u = np.uint32(h)
+    magnitude = u & np.uint32(0x7FFF)
+    if magnitude >= np.uint32(0x7C00):
+        v = np.uint32(np.uint32(0x7F800000) | (magnitude << np.uint32(13))).view(np.float32)
+    else:
+        v = np.uint32(magnitude << np.uint32(13)).view(np.float32) * np.float32(2.0 ** 112)
+    return -v if u & np.uint32(0x8000) else v
+
+
+@njit(cache=True, inline="always")
+def _f2bf(x):
+    u = np.uint64(np.float32(x).view(np.uint32))
+    if (u & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000):
+        return np.uint16(0x7FC0)
+    return np.uint16(((u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) & _MASK32) >> np.uint64(16))
+
+
+@njit(cache=True, inline="always")
+def _bf2f(h):
+    return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
+
+
+@njit(cache=True, parallel=True)
+def _to_16(x, bf16, out):
+    n = x.size
+    for c in prange(_tasks(n)):
+        xc, oc = x[c * CHUNK:min(n, c * CHUNK + CHUNK)], out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(xc.size):
+                oc[i] = _f2bf(xc[i])
+        else:
+            for i in range(xc.size):
+                oc[i] = _f2h(xc[i])
+
+
+@njit(cache=True, parallel=True)
+def _from_16(h, bf16, out):
+    n = h.size
+    for c in prange(_tasks(n)):
+        hc, oc = h[c * CHUNK:min(n, c * CHUNK + CHUNK)], out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(hc.size):
+                oc[i] = _bf2f(hc[i])
+        else:
+            for i in range(hc.size):
+                oc[i] = _h2f(hc[i])
+
+
+@njit(cache=True, parallel=True)
+def _sum_16(acc, other, bf16):
+    n = acc.size
+    for c in prange(_tasks(n)):
+        a, b = acc[c * CHUNK:min(n, c * CHUNK + CHUNK)], other[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        if bf16:
+            for i in range(a.size):
+                a[i] = _f2bf(_bf2f(a[i]) + _bf2f(b[i]))
+        else:
+            for i in range(a.size):
+                a[i] = _f2h(_h2f(a[i]) + _h2f(b[i]))
+
+
+def to_16(x, bf16):
+    """float -> uint16 bits of bf16 (bf16=True) or IEEE half (twins: bf16.to_bf16_bits, half.float_to_half)."""
+    _threads()
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    _to_16(flat, bf16, out)
+    return out.reshape(np.shape(x))
+
+
+def from_16(h, bf16, out=None):
+    """uint16 bits of bf16 / half -> float32 (twins: bf16.from_bf16_bits, half.half_to_float)."""
+    _threads()
+    flat = np.ascontiguousarray(h).view(np.uint16).reshape(-1)
+    if out is None or out.dtype != np.float32 or out.size != flat.size:
+        out = np.empty(flat.size, np.float32)
+    _from_16(flat, bf16, out.reshape(-1))
+    return out.reshape(np.shape(h))
+
+
+def sum_16(acc, other, bf16):
+    """acc <- round16(float32(acc) + float32(other)), in place (twins: bf16.bf16_sum, half.add_halves)."""
+    _threads()
+    _sum_16(acc.reshape(-1).view(np.uint16), np.ascontiguousarray(other).reshape(-1).view(np.uint16), bf16)
+
+
+# -- sparse --------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _collect(g, t, strict, idx, counts):
+    """Per chunk c: the indices i with |g[i]| >= t (> t if strict) into idx[c*CHUNK:], counts[c]
+    of them; returns the number of NaNs seen (the caller then falls back to NumPy)."""
+    n = g.size
+    nans = np.zeros(counts.size, np.int64)
+    for c in prange(counts.size):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        gc, ic = g[lo:hi], idx[lo:hi]
+        k = 0
+        bad = 0
+        for i in range(gc.size):
+            a = abs(gc[i])
+            bad += a != a
+            if a > t or (a == t and not strict):
+                ic[k] = lo + i
+                k += 1
+        counts[c] = k
+        nans[c] = bad
+    return nans.sum()
+
+
+@njit(cache=True)
+def _compact(idx, counts, g, out_idx, out_val):
+    k = 0
+    for c in range(counts.size):
+        for j in range(c * CHUNK, c * CHUNK + counts[c]):
+            out_idx[k] = idx[j]
+            out_val[k] = g[idx[j]]
+            k += 1
+
+
+def select_abs(g, t, strict):
+    """(indices int32 ascending, values) of the elements with |g| >= t (> t if strict); None if g
+    holds a NaN (NumPy's ordering of NaN then decides: the caller's twin handles it)."""
+    _threads()
+    g = np.ascontiguousarray(g)
+    idx = np.empty(g.size, np.int32)             # only the kept prefix of each chunk is touched
+    counts = np.empty(_tasks(g.size), np.int64)
+    if _collect(g, g.dtype.type(t), bool(strict), idx, counts):
+        return None
+    total = int(counts.sum())
+    out_idx, out_val = np.empty(total, np.int32), np.empty(total, g.dtype)
+    _compact(idx, counts, g, out_idx, out_val)
+    return out_idx, out_val
+
+
+@njit(cache=True, parallel=True)
+def _collect_hash(key, n, cut, idx, hashes, counts):
+    """Per chunk c: the counters i < n whose SplitMix64 hash (rng.hash64) is below cut, with the
+    hash, into idx / hashes[c*CHUNK:], counts[c] of them."""
+    for c in prange(counts.size):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        ic, hc = idx[lo:hi], hashes[lo:hi]
+        h = np.empty(hi - lo, np.uint64)
+        for i in range(h.size):                                # vectorised hashing, then the scan
+            z = _U64(lo + i + 1) * _GOLDEN + key
+            z = (z ^ (z >> _S30)) * _M1
+            z = (z ^ (z >> _S27)) * _M2
+            h[i] = z ^ (z >> _S31)
+        k = 0
+        for i in range(h.size):
+            if h[i] < cut:
+                ic[k] = lo + i
+                hc[k] = h[i]
+                k += 1
+        counts[c] = k
+
+
+@njit(cache=True)
+def _compact_hash(idx, hashes, counts, out_idx, out_hash):
+    k = 0
+    for c in range(counts.size):
+        for j in range(c * CHUNK, c * CHUNK + counts[c]):
+            out_idx[k] = idx[j]
+            out_hash[k] = hashes[j]
+            k += 1
+
+
+def hashes_below(key, n, cut):
+    """(indices int64 ascending, their hashes uint64) of the counters of stream `key` (hash64(key,
+    n)) whose hash is below cut: randomk's candidates without the (n,) uint64 hash array."""
+    _threads()
+    idx = np.empty(n, np.int64)
+    hashes = np.empty(n, np.uint64)
+    counts = np.empty(_tasks(n), np.int64)
+    _collect_hash(np.uint64(key), int(n), np.uint64(cut), idx, hashes, counts)
+    total = int(counts.sum())
+    out_idx, out_hash = np.empty(total, np.int64), np.empty(total, np.uint64)
+    _compact_hash(idx, hashes, counts, out_idx, out_hash)
+    return out_idx, out_hash
+
+
+@njit(cache=True, parallel=True)
+def _zero(out):
+    n = out.size
+    for c in prange(_tasks(n)):
+        o = out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
+        for i in range(o.size):
+            o[i] = 0
+
+
+@njit(cache=True)
+def _scatter(out, indices, values):
+    for j in range(indices.size):
+        out[indices[j]] = values[j]
+
+
+@njit(cache=True)
+def _scatter_compact(out, v16, scale, local, counts):
+    """out[(chunk << 16) + local] = float32(v16) * scale, chunks in order (sparse_code.decode)."""
+    j = 0
+    for c in range(counts.size):
+        base = c << 16
+        for _ in range(counts[c]):
+            out[base + np.int64(local[j])] = _h2f(v16[j]) * scale
+            j += 1
+
+
+def scatter(values, indices, n, dtype, out=None):
+    """Dense (n,) of `dtype`, values at indices, zeros elsewhere (twin: topk.scatter)."""
+    _threads()
+    if out is None or out.dtype != dtype or out.size != n:
+        out = np.empty(n, dtype)
+    _zero(out)
+    _scatter(out, indices, values)
+    return out
+
+
+def scatter_compact(payload, n, dtype, out=None):
+    """Dense (n,) from a compact sparse payload (twin: sparse_code.decode then topk.scatter)."""
+    _threads()
+    v16, scale, local, counts = payload
+    if out is None or out.dtype != dtype or out.size != n:
+        out = np.empty(n, dtype)
+    _zero(out)
+    _scatter_compact(out, v16.view(np.uint16), np.float32(scale[0]), local, counts)
+    return out

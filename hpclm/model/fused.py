@@ -1,0 +1,285 @@
+"""Compiled (Numba) fused element-wise passes of the model and of AdamW, for NumPy arrays.
+
+Imported only when hpclm.kernels.enabled(); hpclm.model.layers and hpclm.optim call these in
+place of their NumPy code (the twins the tests compare against) and keep the same caches, so a
+forward of one path and a backward of the other agree. Matrix products stay on BLAS; the
+transcendental functions (exp, tanh) stay on NumPy's SIMD loops, which are many times faster
+than Numba's scalar libm calls: a kernel does everything between them in one pass over the
+data. Model kernels are serial and release the GIL (`nogil`): ThreadedGPT's row-slice threads
+run them side by side. The AdamW update is parallel over chunks (it runs once per step, on the
+caller's thread). Row reductions (means, variances, softmax sums) run in another order than
+NumPy's pairwise sums: results agree to rounding (float64: ~1e-15 relative), not to the bit;
+AdamW's arithmetic is NumPy's, operation for operation, so it is bit-identical.
+
+Shapes: N rows, C channels, (B, H, T, T) attention scores, V vocabulary.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from hpclm import kernels
+
+LN_EPS = 1e-5
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+CHUNK = 1 << 16
+
+
+# ---------------------------------------------------------------------------------------- layernorm
+@njit(cache=True, nogil=True)
+def _layernorm_fwd(x, w, b, out, xhat, rstd):
+    """x (N, C) -> out = w xhat + b, xhat = (x - mean) rstd, rstd (N, 1) = 1 / sqrt(var + eps)."""
+    N, C = x.shape
+    for n in range(N):
+        xr, hr, orow = x[n], xhat[n], out[n]
+        total = 0.0
+        for c in range(C):
+            total += xr[c]
+        mean = total / C
+        sq = 0.0
+        for c in range(C):
+            d = xr[c] - mean
+            hr[c] = d
+            sq += d * d
+        r = 1.0 / math.sqrt(sq / C + LN_EPS)
+        rstd[n, 0] = r
+        for c in range(C):
+            hr[c] = hr[c] * r
+            orow[c] = hr[c] * w[c] + b[c]
+
+
+@njit(cache=True, nogil=True)
+def _layernorm_bwd(dout, xhat, rstd, w, dw, db, dx):
+    """dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dout w; adds dw, db."""
+    N, C = dout.shape
+    for n in range(N):
+        dr, hr, xr = dout[n], xhat[n], dx[n]
+        s1 = 0.0
+        s2 = 0.0
+        for c in range(C):
+            d = dr[c] * w[c]
+            xr[c] = d
+            s1 += d
+            s2 += d * hr[c]
+            db[c] += dr[c]
+            dw[c] += dr[c] * hr[c]
+        m1 = s1 / C
+        m2 = s2 / C
+        r = rstd[n, 0]
+        for c in range(C):
+            xr[c] = (xr[c] - m1 - hr[c] * m2) * r
+
+
+def layernorm_forward(x, weight, bias):
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    rstd = np.empty((x.shape[0], 1), x.dtype)
+    _layernorm_fwd(x, weight, bias, out, xhat, rstd)
+    return out, (xhat, rstd, weight)
+
+
+def layernorm_backward(dout, cache, dweight, dbias):
+    xhat, rstd, weight = cache
+    dx = np.empty_like(dout)
+    _layernorm_bwd(np.ascontiguousarray(dout), xhat, rstd, weight, dweight, dbias, dx)
+    return dx
+
+
+# ---------------------------------------------------------------------------------------- GELU
+@njit(cache=True, nogil=True)
+def _gelu_inner(h, t):
+    """t = sqrt(2/pi) (h + 0.044715 h^3) (the tanh argument), flat arrays."""
+    k, c = h.dtype.type(GELU_SCALE), h.dtype.type(GELU_CUBIC)
+    one = h.dtype.type(1.0)
+    for i in range(h.size):
+        x = h[i]
+        t[i] = (x * x * c + one) * x * k
+
+
+@njit(cache=True, nogil=True)
+def _gelu_out(h, t, out):
+    half, one = h.dtype.type(0.5), h.dtype.type(1.0)
+    for i in range(h.size):
+        out[i] = (t[i] + one) * h[i] * half
+
+
+@njit(cache=True, nogil=True)
+def _gelu_bwd(dout, h, t, grad):
+    """grad = dout (0.5 (1 + t) + 0.5 h k (1 + 3c h^2) (1 - t^2)), flat arrays."""
+    k, c3 = h.dtype.type(0.5 * GELU_SCALE), h.dtype.type(3.0 * GELU_CUBIC)
+    half, one = h.dtype.type(0.5), h.dtype.type(1.0)
+    for i in range(h.size):
+        x, ti = h[i], t[i]
+        inner = (x * x * c3 + one) * x * k * (ti * ti - one)
+        grad[i] = ((ti + one) * half - inner) * dout[i]
+
+
+def gelu_forward(h):
+    t, out = np.empty_like(h), np.empty_like(h)
+    hf, tf = h.reshape(-1), t.reshape(-1)
+    _gelu_inner(hf, tf)
+    np.tanh(t, out=t)
+    _gelu_out(hf, tf, out.reshape(-1))
+    return out, (h, t)
+
+
+def gelu_backward(dout, cache):
+    h, t = cache
+    grad = np.empty_like(h)
+    _gelu_bwd(np.ascontiguousarray(dout).reshape(-1), h.reshape(-1), t.reshape(-1), grad.reshape(-1))
+    return grad
+
+
+# ---------------------------------------------------------------------------------------- attention
+@njit(cache=True, nogil=True)
+def _softmax_shift(att, scale):
+    """att (R, T, T) scores -> scale * att - row max on and below the diagonal, -inf above."""
+    R, T, _ = att.shape
+    ninf = att.dtype.type(-np.inf)
+    s = att.dtype.type(scale)
+    for r in range(R):
+        a = att[r]
+        for i in range(T):
+            row = a[i]
+            m = row[0] * s
+            for j in range(i + 1):
+                row[j] = row[j] * s
+                m = row[j] if row[j] > m else m
+            for j in range(i + 1):
+                row[j] = row[j] - m
+            for j in range(i + 1, T):
+                row[j] = ninf
+
+
+@njit(cache=True, nogil=True)
+def _softmax_normalise(att):
+    """Rows of exp'd scores divided by their sums (the causal part; the rest is already 0)."""
+    R, T, _ = att.shape
+    for r in range(R):
+        a = att[r]
+        for i in range(T):
+            row = a[i]
+            total = 0.0
+            for j in range(i + 1):
+                total += row[j]
+            tot = row.dtype.type(total)
+            for j in range(i + 1):
+                row[j] = row[j] / tot
+
+
+@njit(cache=True, nogil=True)
+def _softmax_bwd(datt, att, scale):
+    """datt <- att (datt - sum(datt att, keys)) scale, in place (rows of (R, T, T))."""
+    R, T, _ = att.shape
+    s = att.dtype.type(scale)
+    for r in range(R):
+        for i in range(T):
+            d, a = datt[r, i], att[r, i]
+            dot = 0.0
+            for j in range(i + 1):
+                dot += d[j] * a[j]
+            dd = d.dtype.type(dot)
+            for j in range(i + 1):
+                d[j] = (d[j] - dd) * a[j] * s
+            for j in range(i + 1, T):
+                d[j] = 0
+
+
+def causal_softmax(att, scale):
+    """att (B, H, T, T) raw scores -> softmax(scale * att + causal mask), in place."""
+    B, H, T, _ = att.shape
+    flat = att.reshape(B * H, T, T)
+    _softmax_shift(flat, scale)
+    np.exp(att, out=att)
+    _softmax_normalise(flat)
+    return att
+
+
+def causal_softmax_backward(datt, att, scale):
+    """datt (B, H, T, T) -> the gradient of the scores, in place."""
+    B, H, T, _ = att.shape
+    _softmax_bwd(datt.reshape(B * H, T, T), att.reshape(B * H, T, T), scale)
+    return datt
+
+
+# ---------------------------------------------------------------------------------------- loss
+@njit(cache=True, nogil=True)
+def _rows_shift(x):
+    """x (N, V) -> x - row max, in place."""
+    N, V = x.shape
+    for n in range(N):
+        row = x[n]
+        m = row[0]
+        for v in range(V):
+            m = row[v] if row[v] > m else m
+        for v in range(V):
+            row[v] = row[v] - m
+
+
+@njit(cache=True, nogil=True)
+def _rows_normalise_nll(p, targets):
+    """Rows of exp'd values divided by their sums; returns sum_n -log p[n, target_n]."""
+    N, V = p.shape
+    nll = 0.0
+    for n in range(N):
+        row = p[n]
+        total = 0.0
+        for v in range(V):
+            total += row[v]
+        tot = row.dtype.type(total)
+        for v in range(V):
+            row[v] = row[v] / tot
+        nll -= math.log(row[targets[n]])
+    return nll
+
+
+@njit(cache=True, nogil=True)
+def _ce_bwd(p, targets):
+    N, V = p.shape
+    inv = p.dtype.type(1.0 / N)
+    for n in range(N):
+        p[n, targets[n]] -= 1.0
+        row = p[n]
+        for v in range(V):
+            row[v] = row[v] * inv
+
+
+def cross_entropy_forward(logits, targets):
+    probs = np.array(logits, copy=True, order="C")
+    _rows_shift(probs)
+    np.exp(probs, out=probs)
+    loss = _rows_normalise_nll(probs, targets) / targets.shape[0]
+    return probs.dtype.type(loss), (probs, targets)
+
+
+def cross_entropy_backward(cache):
+    probs, targets = cache
+    _ce_bwd(probs, targets)
+    return probs
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+@njit(cache=True, parallel=True)
+def _adamw(p, g, m, v, b1, c1, b2, c2, inv_sqrt_bias2, eps, step, update_m, update_v):
+    """NumPy's AdamW._update, operation for operation: m = b1 m + c1 g; v = b2 v + c2 g g;
+    p -= step * m / (sqrt(v) inv_sqrt_bias2 + eps) (c = 1 - beta, step = lr / bias1)."""
+    n = p.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        pc, gc, mc, vc = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+        for i in range(pc.size):
+            if update_m:
+                mc[i] = mc[i] * b1 + gc[i] * c1
+            if update_v:
+                vc[i] = vc[i] * b2 + gc[i] * gc[i] * c2
+            pc[i] -= mc[i] / (np.sqrt(vc[i]) * inv_sqrt_bias2 + eps) * step
+
+
+def adamw_update(params, grads, m, v, b1, b2, eps, lr, bias1, bias2, update_m, update_v):
+    """One AdamW step over the flat buffers, in place (twin: hpclm.optim.AdamW._update)."""
+    import numba
+    if kernels.threads() > 0:
+        numba.set_num_threads(min(kernels.threads(), numba.config.NUMBA_NUM_THREADS))
+    d = params.dtype.type
+    _adamw(params, grads, m, v, d(b1), d(1.0 - b1), d(b2), d(1.0 - b2), d(1.0 / math.sqrt(bias2)), d(eps),
+           d(lr / bias1), bool(update_m), bool(update_v))

@@ -1,0 +1,187 @@
+"""The compiled compressor kernels (hpclm.compress.cpu) against their NumPy twins: every compressor's
+payload and decompressed output bit for bit on sizes around the chunk and block edges, special
+values (NaN, inf, -0.0, ties, all-zero), the 16-bit conversions on every half bit pattern, the
+wire sums and the fused error-feedback updates. ef_sign's scale is a float64 sum in another order:
+it agrees to 1 float32 ulp."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpclm import kernels
+from hpclm.compress import REGISTRY, build, build_with_memory
+from hpclm.config import CompressConfig
+from hpclm.errors import UserError
+
+pytest.importorskip("numba")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernelutil import both, restore_kernels  # noqa: E402,F401
+
+SIZES = [0, 1, 7, 8, 9, 255, 257, 4097, 65535, 65537, 300001]
+NAMES = [n for n in REGISTRY if n not in ("none", "powersgd")]   # powersgd is matrix products only
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def roundtrip(name, g, **cfg):
+    c = build(CompressConfig(name=name, density=0.01, threshold=2.0, **cfg), rank=1)
+    payload, ctx = c.compress(g.copy(), 3)
+    return payload, c.decompress(payload, ctx)
+
+
+def assert_twins(name, g, **cfg):
+    (p0, d0), (p1, d1) = both(lambda: roundtrip(name, g, **cfg))
+    assert len(p0) == len(p1)
+    for i, (a, b) in enumerate(zip(p0, p1)):
+        if name == "ef_sign" and i == 1:                               # the scale: mean |g|, summed in another order
+            assert a.dtype == b.dtype and abs(int(a.view(np.int32)[0]) - int(b.view(np.int32)[0])) <= 1
+        else:
+            assert same_bits(a, b), (name, g.size, i)
+    if name == "ef_sign":
+        np.testing.assert_allclose(d1, d0, rtol=2 ** -23)
+    else:
+        assert same_bits(d0, d1), (name, g.size)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", SIZES)
+def test_compressor_twins(name, n, restore_kernels):
+    g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    assert_twins(name, g)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_special_inputs(name, restore_kernels):
+    zeros = np.zeros(1000, np.float32)
+    ties = np.repeat(np.float32([0.5, -0.5, 2.0, -2.0]), 300)               # equal magnitudes: ties by index
+    signed = np.float32([0.0, -0.0, 1e-40, -1e-40, 3.0, -3.0] * 50)         # +-0, subnormals
+    for g in (zeros, ties, signed):
+        assert_twins(name, g)
+
+
+@pytest.mark.parametrize("name", ["int8", "signsgd", "ef_sign", "bf16", "fp16", "qsgd", "kmeans"])
+def test_float64_gradients(name, restore_kernels):
+    g = np.random.default_rng(5).standard_normal(70001) * 1e-3
+    assert_twins(name, g)
+
+
+@pytest.mark.parametrize("block", [1, 3, 256, 1000, 1 << 17])
+def test_int8_blocks(block, restore_kernels):
+    g = np.random.default_rng(block).standard_normal(200003).astype(np.float32)
+    g[:block] = 0                                                           # an all-zero block
+    assert_twins("int8", g, block=block)
+
+
+@pytest.mark.parametrize("levels", [1, 4, 16, 127])
+def test_qsgd_levels(levels, restore_kernels):
+    assert_twins("qsgd", np.random.default_rng(levels).standard_normal(100003).astype(np.float32), levels=levels)
+
+
+@pytest.mark.parametrize("fmt", ["compact", "plain"])
+def test_sparse_formats(fmt, restore_kernels):
+    g = np.random.default_rng(3).standard_t(2, 300001).astype(np.float32)   # heavy tails
+    for name in ("topk", "threshold", "randomk"):
+        assert_twins(name, g, sparse_format=fmt)
+
+
+@pytest.mark.parametrize("n,density", [(300001, 0.01), (1 << 20, 0.001), (5000, 0.3)])
+def test_topk_compiled_selection_is_exact(n, density, restore_kernels):
+    """The one-pass selection (not a fallback) returns the exact top-k set of select_topk."""
+    from hpclm.compress.topk import select_topk, select_topk_compiled, topk_count
+    kernels.use("numba")
+    g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    k = topk_count(n, density)
+    found = select_topk_compiled(g, k, 12345)
+    assert found is not None
+    assert same_bits(found[0], select_topk(np.abs(g), k, np)) and same_bits(found[1], g[found[0]])
+
+
+def test_topk_nan_falls_back_to_numpy(restore_kernels):
+    g = np.random.default_rng(4).standard_normal(100000).astype(np.float32)
+    g[17] = np.nan                                                          # NumPy orders NaN above every number
+    assert_twins("topk", g)
+
+
+def test_half_conversions_every_pattern(restore_kernels):
+    from hpclm.compress.half import float_to_half, half_to_float
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f0, f1 = both(lambda: half_to_float(halves))
+    assert same_bits(f0, f1)
+    f = f0[~np.isnan(f0)]
+    near = np.concatenate([f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf)),
+                           (f[1:] + f[:-1]) / 2,                           # exact ties between neighbours
+                           np.float32([65504, 65519.99, 65520, 1e9, np.inf, -np.inf, np.nan, 2 ** -25, 2 ** -26])])
+    h0, h1 = both(lambda: float_to_half(near))
+    assert same_bits(h0, h1)
+    with np.errstate(over="ignore"):
+        assert same_bits(h0, near.astype(np.float16))                      # and both round as NumPy's cast
+
+
+def test_bf16_conversions_special_values(restore_kernels):
+    from hpclm.compress.bf16 import from_bf16_bits, to_bf16_bits
+    x = np.float32([0.0, -0.0, 1.0, 1.00390625, 1.005859375, -1.00390625, np.inf, -np.inf, np.nan,
+                    3.4e38, 1e-45, -1e-45, 1.1754942e-38])
+    x = np.concatenate([x, np.random.default_rng(6).standard_normal(70001).astype(np.float32)])
+    b0, b1 = both(lambda: to_bf16_bits(x))
+    assert same_bits(b0, b1)
+    patterns = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    assert same_bits(*both(lambda: from_bf16_bits(patterns)))
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_wire_sums(name, restore_kernels):
+    c = build(CompressConfig(name=name))
+    rng = np.random.default_rng(7)
+    a, b = (c.compress(rng.standard_normal(100003).astype(np.float32) * s)[0][0] for s in (1.0, 1e4))
+
+    def summed():
+        acc = a.copy()
+        c.wire_sum(acc, b)
+        return acc
+    assert same_bits(*both(summed))
+
+
+@pytest.mark.parametrize("name", ["ef_sign", "signsgd", "topk", "randomk", "threshold", "kmeans"])
+def test_error_feedback_twins(name, restore_kernels):
+    """Three steps through ErrorFeedback: payloads and residuals agree (ef_sign to its scale's ulp)."""
+    def run():
+        cfg = CompressConfig(name=name, density=0.01, threshold=2.0, error_feedback="on")
+        ef = build_with_memory(cfg, 70001, np.float32)
+        rng = np.random.default_rng(8)
+        payloads = [ef.compress(rng.standard_normal(70001).astype(np.float32), step)[0] for step in range(3)]
+        return payloads, ef.residual.copy()
+    (p0, r0), (p1, r1) = both(run)
+    if name == "ef_sign":
+        np.testing.assert_allclose(r1, r0, rtol=1e-5, atol=1e-6)
+    else:
+        assert same_bits(r0, r1)
+        for a, b in zip(p0, p1):
+            assert all(same_bits(x, y) for x, y in zip(a, b))
+
+
+def test_decompress_into_out(restore_kernels):
+    """decompress(out=) writes into the given buffer on the compiled path and equals the fresh output."""
+    kernels.use("numba")
+    g = np.random.default_rng(9).standard_normal(70001).astype(np.float32)
+    for name in NAMES:
+        c = build(CompressConfig(name=name, density=0.01, threshold=2.0))
+        payload, ctx = c.compress(g, 0)
+        out = np.full(g.size, np.nan, np.float32)
+        assert same_bits(c.decompress(payload, ctx, out=out), c.decompress(payload, ctx)), name
+
+
+def test_kernel_switch(restore_kernels):
+    kernels.use("numpy")
+    assert kernels.active() == "numpy" and not kernels.enabled()
+    kernels.use("auto")
+    assert kernels.active() == "numba"
+    with pytest.raises(UserError):
+        kernels.use("fortran")
+    from hpclm.config import TrainConfig
+    with pytest.raises(UserError):
+        TrainConfig(kernels="fortran").validate()
+    TrainConfig(kernels="numpy").validate()
