@@ -201,9 +201,9 @@ class ParallelConfig:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
-        if self.tp > 1 or self.pp > 1 or self.micro_batches > 1 or self.sync != "allreduce":
-            raise UserError("parallel: only data parallelism (tp = pp = micro_batches = 1, sync = allreduce) "
-                            "is built so far; tensor, pipeline and decentralized training are not")
+        if self.pp > 1 or self.micro_batches > 1 or self.sync != "allreduce":
+            raise UserError("parallel: only data and tensor parallelism (pp = micro_batches = 1, sync = allreduce) "
+                            "are built so far; pipeline and decentralized training are not")
 
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -223,6 +223,9 @@ class Config:
     def validate(self):
         for f in fields(self):
             getattr(self, f.name).validate()
+        if self.parallel.tp > 1:                               # tensor parallelism splits heads and the MLP
+            from hpclm.model.tensor_parallel import check_divisible
+            check_divisible(self.model, self.parallel.tp)
         if self.parallel.zero and self.compress.name != "none":
             raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
                             "ZeRO shards uncompressed gradients; use one or the other")

@@ -92,9 +92,13 @@ def threads_per_rank(cfg, local_ranks):
     return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
-def build_model(cfg, threads):
+def build_model(cfg, threads, tp_group=None, timer=None):
     """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
-    parameter source, which the one-thread model takes (BLAS still uses the threads)."""
+    parameter source, which the one-thread model takes (BLAS still uses the threads). With
+    parallel.tp > 1: this rank's shard (parallel/tensor.py), one thread (its collectives are MPI calls)."""
+    if cfg.parallel.tp > 1:
+        from hpclm.parallel.tensor import build_tensor_model
+        return build_tensor_model(cfg, tp_group, timer)
     model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
     return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
 
@@ -210,9 +214,9 @@ def setup(args, world):
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
                                f"data-parallel size x grad_accum ({dp_size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
-    model = collectively(world, build_model, cfg, threads)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
+    model = collectively(world, build_model, cfg, threads, groups.tp, timer)
     strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer)
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
     start_step = 0
@@ -294,7 +298,7 @@ def save_checkpoint(s, step):
     if s.rank == 0:
         with s.timer.region("checkpoint"):
             ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), params=state.params,
-                         layout=s.model.layout, optim_state=state.optim_state, step=step,
+                         layout=state.layout or s.model.layout, optim_state=state.optim_state, step=step,
                          config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
                          rng_state=rng_states, extra=state.extra)
     s.world.Barrier()

@@ -27,7 +27,7 @@ class GPT:
             raise UserError("model.vocab_size must be set (>= 1) to build a model")
         self.cfg = cfg
         self.dtype = numpy.dtype(dtype)
-        self.layout = ParamLayout(gpt2_shapes(cfg))
+        self.layout = ParamLayout(self._shapes(cfg))
         xp = X.np
         self.flat = xp.zeros(self.layout.size, dtype=self.dtype) if flat is None else flat  # all parameters
         self.grad_flat = xp.zeros(self.layout.size, dtype=self.dtype)   # all gradients, same layout
@@ -36,18 +36,27 @@ class GPT:
         if flat is None:
             self.flat[...] = xp.asarray(self._initial_values(seed))
         self.hooks = hooks
-        self.units = U.gpt_units(cfg, hooks)                           # Embedding, Block 0..L-1, Head
+        self.units = self._build_units(cfg, hooks)                     # Embedding, Block 0..L-1, Head
         U.check_tiling(self.units, self.layout)
         self._unit_offset = {u: U.param_range(u, self.layout)[0] for u in self.units}  # grad_ready's offsets
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0                                 # set by forward_backward
 
-    def _initial_values(self, seed):
-        """GPT-2 init, drawn on the host so every backend starts from the same numbers."""
+    # A tensor-parallel shard (model/tensor_parallel.py ShardedGPT) overrides these three.
+    def _shapes(self, cfg):
+        return gpt2_shapes(cfg)
+
+    def _build_units(self, cfg, hooks):
+        return U.gpt_units(cfg, hooks)
+
+    def _initial_values(self, seed, layout=None):
+        """GPT-2 init of `layout` (default the model's), drawn on the host so every backend starts
+        from the same numbers."""
+        layout = layout or self.layout
         rng = numpy.random.default_rng(seed)
-        flat = numpy.zeros(self.layout.size, dtype=self.dtype)
+        flat = numpy.zeros(layout.size, dtype=self.dtype)
         proj_std = INIT_STD / numpy.sqrt(2 * self.cfg.n_layer)         # residual projections
-        for s in self.layout.slots:
+        for s in layout.slots:
             view = flat[s.offset:s.offset + s.size]
             if s.name.endswith("ln_1.weight") or s.name.endswith("ln_2.weight") or s.name == "ln_f.weight":
                 view[:] = 1.0

@@ -29,6 +29,7 @@ class CheckpointState:
     params: object          # (size,) host array in the model's flat layout
     optim_state: dict       # {"t": int, name: (size,) host array}
     extra: dict             # {name: (P, ...) every rank's sync state}
+    layout: object = None   # the params' ParamLayout when it is not the model's (tensor parallelism: the unsharded one)
 
 
 def nbytes(*arrays):
@@ -37,6 +38,7 @@ def nbytes(*arrays):
 
 class DistributedOptimizer:
     source = None
+    tensor_norm = None      # parallel/tensor.py TensorNorm when the model is a tp shard: the norm over the tp group
 
     def __init__(self, model, optimizer, sync, optim_cfg, timer=None):
         self.model, self.optimizer, self.sync, self.cfg = model, optimizer, sync, optim_cfg
@@ -54,7 +56,9 @@ class DistributedOptimizer:
         """Sync the gradient, clip it by its global norm (returned, before clipping), update."""
         self.sync.finish()
         with self.timer.region("optimizer"):
-            norm = clip_by_global_norm(self.model.grad_flat, self.cfg.grad_clip)
+            grad = self.model.grad_flat
+            norm = clip_by_global_norm(grad, self.cfg.grad_clip,
+                                       None if self.tensor_norm is None else self.tensor_norm.norm(grad))
             self.optimizer.step(self.model.flat, self.model.grad_flat, lr)
         return norm
 
