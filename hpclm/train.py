@@ -239,7 +239,9 @@ def setup(args, world):
                              "cuda_aware": cfg.comm.cuda_aware})
     # A resumed run keeps the record of the steps before it: its own file starts at its first step.
     record_name = f"timing-from-{start_step}.h5" if start_step else "timing.h5"
-    recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
+    regions = ("tp_comm",) if lay.tp > 1 else ()          # the tensor-parallel collectives (parallel/tensor.py)
+    recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, regions=regions,
+                        flush_every=cfg.train.timing_flush,
                         enabled=cfg.train.timing, file_name=record_name)
     return Session(world, rank, size, groups, cfg, data, model, strategy, sampler, timer, recorder, rng,
                    val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,

@@ -136,6 +136,8 @@ def test_steps_equal_single_process(world, tp_world, optim):
 
 
 def test_twenty_steps_float32_trajectory(world, tp_world):
+    if world.Get_size() != 2:
+        pytest.skip("run at tp = 2 (the exact float64 steps run at every size)")
     cfg, single = (config(world, tp, dtype="float32", steps=20, grad_accum=1) for tp in (world.Get_size(), 1))
     cfg.optim.grad_clip = single.optim.grad_clip = 1.0
     _, strategy, losses = run(cfg, tp_world, tokens=PATTERN)
@@ -155,7 +157,8 @@ def test_tp2_by_dp2_equals_single_process(world, zero):
         _, ref_strategy, ref_losses = run(config(world, 1))
         ref = ref_strategy.checkpoint().params
         assert_all(world, close(params, ref), f"zero {zero}: max |d| {np.abs(params - ref).max():.2e}")
-        assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), "per-rank losses differ")
+        losses = groups.dp.allreduce(np.array(losses)) / groups.dp.Get_size()    # a dp rank's loss is its shard's
+        assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
         strategy.check_replicas(3)
     finally:
         groups.free()
@@ -232,6 +235,8 @@ def test_bytes_in_tp_group_equal_closed_form(world, tp_world):
 def test_checkpoint_unsharded_resumes_at_other_tp(world, tp_world, tmp_path_factory):
     """3 steps at tp = P, saved unsharded, 2 more at tp = 1 (and 3 at tp = 1 resumed at tp = P) equal
     5 uninterrupted single-process steps."""
+    if world.Get_size() == 3:
+        pytest.skip("run at tp = 2 and 4")
     cfg = config(world, world.Get_size(), steps=5)
     single = config(world, 1, steps=5)
     _, ref_strategy, _ = run(single)
