@@ -59,13 +59,12 @@ def vocab_range(vocab_size, tp, rank):
 
 
 def check_divisible(cfg, tp):
-    """UserError unless a model config can be split over tp ranks."""
+    """UserError unless a model config can be split over tp ranks. tp | n_head with n_head | n_embd
+    (ModelConfig's own check) also splits n_embd and the MLP's 4 n_embd columns evenly."""
     if tp < 1:
         raise UserError(f"parallel.tp must be >= 1, got {tp}")
     if cfg.n_head % tp:
         raise UserError(f"parallel.tp={tp} must divide model.n_head={cfg.n_head} (attention is split by heads)")
-    if (4 * cfg.n_embd) % tp:
-        raise UserError(f"parallel.tp={tp} must divide 4 * model.n_embd = {4 * cfg.n_embd} (the MLP's columns)")
 
 
 def shard_specs(cfg, tp, rank):
