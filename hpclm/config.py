@@ -188,6 +188,7 @@ class ParallelConfig:
     micro_batches: int = 1       # pipeline micro-batches per step (per dp rank)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
     sync: str = "allreduce"      # how dp replicas agree: allreduce (ps, gossip, local: not built yet)
+    sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
     def validate(self):
         for name in ("tp", "pp", "micro_batches"):
@@ -226,6 +227,9 @@ class Config:
         if self.parallel.tp > 1:                               # tensor parallelism splits heads and the MLP
             from hpclm.model.tensor_parallel import check_divisible
             check_divisible(self.model, self.parallel.tp)
+            if self.parallel.sequence_parallel and self.model.block_size % self.parallel.tp:
+                raise UserError(f"parallel.sequence_parallel needs parallel.tp={self.parallel.tp} to divide "
+                                f"model.block_size={self.model.block_size}")
         if self.parallel.zero and self.compress.name != "none":
             raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
                             "ZeRO shards uncompressed gradients; use one or the other")

@@ -13,8 +13,9 @@ A tp rank of `tp` holds a *shard* of the model; the model config stays the globa
 
 Blocks run with n_head/tp local heads and the tp collectives as hooks (`comm`: an object with
 column_in/row_out and their backwards as in units.IdentityHooks, copy_to/reduce_from (the same
-pairs by Megatron's names), `all_reduce(x, op)` and `gather_last(x)`; parallel/tensor.py builds it
-over MPI). The embedding and the head are vocab-parallel: the loss uses one max- and one
+pairs by Megatron's names), `all_reduce(x, op)`, `gather_last(x)` and `rows(N)`, the token rows
+this rank holds outside the column-row pairs (all N, or a block under sequence parallelism);
+parallel/tensor.py builds it over MPI). The embedding and the head are vocab-parallel: the loss uses one max- and one
 sum-all-reduce of (N,) and (2, N) and never gathers the (N, V) logits.
 
     model = ShardedGPT(cfg, tp, rank, comm, seed)       # a GPT whose buffers hold rank's shard
@@ -221,15 +222,23 @@ class VocabParallelEmbedding(U.Embedding):
         local = xp.where(inside, local, 0)
         x = p["wte"][local]                                    # (N, C)
         x *= inside[:, None]
-        x = self.comm.reduce_from(x)
-        x.reshape(B, T, -1)[...] += p["wpe"][:T]
+        x = self.comm.reduce_from(x)                           # (N, C), or this rank's rows (sequence parallel)
+        lo, hi = self.comm.rows(B * T)
+        if hi - lo == B * T:
+            x.reshape(B, T, -1)[...] += p["wpe"][:T]
+        else:
+            x += p["wpe"][xp.arange(lo, hi) % T]
         return x, VocabEmbeddingCache(idx, local, inside)
 
     def backward(self, p, g, dx, cache):
         xp = X.array_module(dx)
         B, T = cache.idx.shape
-        dx = self.comm.reduce_from_backward(dx)
-        g["wpe"][:T] += dx.reshape(B, T, -1).sum(axis=0)
+        lo, hi = self.comm.rows(B * T)
+        if hi - lo == B * T:
+            g["wpe"][:T] += dx.reshape(B, T, -1).sum(axis=0)
+        else:                                                  # this rank's rows: a partial sum
+            xp.add.at(g["wpe"], xp.arange(lo, hi) % T, dx)
+        dx = self.comm.reduce_from_backward(dx)                # (N, C)
         xp.add.at(g["wte"], cache.local[cache.inside], dx[cache.inside])
 
 
@@ -247,7 +256,7 @@ class VocabParallelHead(U.Head):
     def logits(self, p, x):
         """x (N, C) -> the full logits (N, V), gathered (for generation, not for the loss)."""
         xf, _ = L.layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        return self.comm.gather_last(xf @ self._weight(p))[:, :self.vocab_size]
+        return self.comm.gather_last(self.comm.copy_to(xf) @ self._weight(p))[:, :self.vocab_size]
 
     def forward(self, p, x, targets):
         xf, ln_f = U._layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])

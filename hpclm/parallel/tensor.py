@@ -28,6 +28,7 @@ from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.errors import UserError
 from hpclm.model.tensor_parallel import ShardedGPT, shard_flat, shard_specs, unshard_flat
+from hpclm.model.units import param_range
 from hpclm.parallel.optimizer import CheckpointState
 from hpclm.parallel.replicas import check_identical
 from hpclm.timing.timer import Timer
@@ -37,6 +38,8 @@ _UNTIMED = Timer(enabled=False)
 
 class TensorCollectives:
     """The conjugate collectives of one tp group (the Block hooks and the vocab-parallel units' comm)."""
+
+    sequence_parallel = False
 
     def __init__(self, comm, algorithm="mpi", timer=None):
         self.comm, self.algorithm = comm, algorithm
@@ -63,6 +66,10 @@ class TensorCollectives:
     column_in, column_in_backward = _identity, _sum
     row_out, row_out_backward = _sum, _identity
 
+    def rows(self, n):
+        """(lo, hi): the token rows of n this rank holds outside the column-row pairs (all of them)."""
+        return 0, n
+
     def gather_last(self, x):
         """x (N, c) -> (N, c * size): every rank's block in rank order along the last dim."""
         if self.size == 1:
@@ -83,9 +90,60 @@ class TensorCollectives:
         return X.array_module(dx).ascontiguousarray(dx[:, self.rank * c:(self.rank + 1) * c])
 
 
+class SequenceCollectives(TensorCollectives):
+    """tp with sequence parallelism (Korthikanti et al. 2022): outside the column-row pairs
+    (LayerNorms, residuals, the embedding's output, the head's LayerNorm) each rank holds its
+    contiguous block of the N = B T token rows (per-token work, so any contiguous split will do).
+
+        copy_to / column_in        all-gather rows (N/P, C) -> (N, C)   | reduce-scatter rows
+        reduce_from / row_out      reduce-scatter rows (N, C) -> (N/P, C) | all-gather rows
+
+    The same bytes as the all-reduces they replace; the replicated tensors' gradients are then
+    partial sums over the rows, summed over the group by TensorParallel's backward hook."""
+
+    sequence_parallel = True
+
+    def rows(self, n):
+        per = n // self.size
+        return self.rank * per, (self.rank + 1) * per
+
+    def _blocks_algorithm(self):
+        return "mpi" if self.algorithm == "mpi" else "ring"
+
+    def _gather_rows(self, x):
+        """x (N/P, C) -> (N, C), the ranks' blocks in rank order."""
+        if self.size == 1:
+            return x
+        xp = X.array_module(x)
+        out = xp.empty((self.size * x.shape[0], x.shape[1]), dtype=x.dtype)
+        with self.timer.region("tp_comm"):
+            collectives.allgather(self.comm, xp.ascontiguousarray(x).reshape(-1), out.reshape(-1),
+                                  algorithm=self._blocks_algorithm())
+        return out
+
+    def _scatter_rows(self, x):
+        """x (N, C) -> this rank's block of rows of the sum over the group (N/P, C)."""
+        if self.size == 1:
+            return x
+        if x.shape[0] % self.size:
+            raise UserError(f"sequence parallelism: {x.shape[0]} token rows do not split over tp = {self.size}")
+        xp = X.array_module(x)
+        with self.timer.region("tp_comm"):
+            block = collectives.reduce_scatter(self.comm, xp.ascontiguousarray(x).reshape(-1),
+                                               algorithm=self._blocks_algorithm())
+        return block.reshape(-1, x.shape[1])
+
+    copy_to, copy_to_backward = _gather_rows, _scatter_rows
+    column_in, column_in_backward = _gather_rows, _scatter_rows
+    reduce_from, reduce_from_backward = _scatter_rows, _gather_rows
+    row_out, row_out_backward = _scatter_rows, _gather_rows
+
+
 def build_tensor_model(cfg, tp_comm, timer=None):
-    """This rank's ShardedGPT of cfg.model over the tp communicator (collectives on comm.algorithm)."""
-    hooks = TensorCollectives(tp_comm, cfg.comm.algorithm, timer)
+    """This rank's ShardedGPT of cfg.model over the tp communicator (collectives on comm.algorithm;
+    with parallel.sequence_parallel, the sequence-parallel pairs)."""
+    kind = SequenceCollectives if cfg.parallel.sequence_parallel else TensorCollectives
+    hooks = kind(tp_comm, cfg.comm.algorithm, timer)
     return ShardedGPT(cfg.model, hooks.size, hooks.rank, hooks, seed=cfg.train.seed, dtype=cfg.train.dtype)
 
 
@@ -135,6 +193,10 @@ class TensorParallel:
         self.hooks = model.tensor
         self.tp = self.hooks.comm
         inner.tensor_norm = TensorNorm(self.tp, model.replicated)
+        self._partial = {}                  # unit's first offset -> its replicated spans (sequence parallelism)
+        for unit in model.units:
+            lo, hi = param_range(unit, model.layout)
+            self._partial[lo] = [(a, b) for a, b in model.replicated if lo <= a and b <= hi]
 
     def __getattr__(self, name):            # optimizer, sync, group, ... of the dp strategy
         return getattr(self.inner, name)
@@ -144,7 +206,25 @@ class TensorParallel:
         return self.inner.source
 
     def backward_hook(self, micro, n_micro):
-        return self.inner.backward_hook(micro, n_micro)
+        """The dp strategy's hook; under sequence parallelism, after the last micro-batch each unit's
+        replicated gradients (partial sums over this rank's rows) are first summed over the tp group."""
+        inner = self.inner.backward_hook(micro, n_micro)
+        if not self.hooks.sequence_parallel or self.hooks.size == 1 or micro < n_micro - 1:
+            return inner
+
+        def ready(offset):
+            spans = self._partial[offset]
+            if spans:
+                grad = self.model.grad_flat
+                xp = X.array_module(grad)
+                summed = self.hooks.all_reduce(xp.concatenate([grad[a:b] for a, b in spans]))
+                at = 0
+                for a, b in spans:
+                    grad[a:b] = summed[at:at + b - a]
+                    at += b - a
+            if inner is not None:
+                inner(offset)
+        return ready
 
     def step(self, lr):
         return self.inner.step(lr)

@@ -37,13 +37,14 @@ def model_config(world, tie_weights=True):
                        tie_weights=tie_weights)
 
 
-def config(world, tp, optim="adamw", grad_accum=2, dtype="float64", steps=3, zero=0, algorithm="ring", tie=True):
+def config(world, tp, optim="adamw", grad_accum=2, dtype="float64", steps=3, zero=0, algorithm="ring", tie=True,
+           sp=False):
     cfg = Config(model=model_config(world, tie), optim=OptimConfig(name=optim, lr=1e-2, min_lr=1e-3, warmup_steps=1,
                                                                   decay_steps=steps, grad_clip=0.05, weight_decay=0.1))
     cfg.train.grad_accum, cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype = grad_accum, steps, BATCH, dtype
     cfg.train.seed = SEED
     cfg.comm.algorithm = algorithm
-    cfg.parallel.tp, cfg.parallel.zero = tp, zero
+    cfg.parallel.tp, cfg.parallel.zero, cfg.parallel.sequence_parallel = tp, zero, sp
     return cfg.validate()
 
 
@@ -94,16 +95,19 @@ def batch(rows=4):
 
 
 # ------------------------------------------------------------------------------ one step, exactly
-@pytest.mark.parametrize("tie", [True, False])
-def test_loss_and_every_gradient_equal_single_process(world, tp_world, tie):
-    cfg = config(world, world.Get_size(), tie=tie)
+@pytest.mark.parametrize("tie, sp", [(True, False), (False, False), (True, True)])
+def test_loss_and_every_gradient_equal_single_process(world, tp_world, tie, sp):
+    """One forward/backward through the strategy's hook (which sums the row-partial gradients of
+    the replicated tensors under sequence parallelism)."""
+    cfg = config(world, world.Get_size(), tie=tie, sp=sp, grad_accum=1)
     full = GPT(cfg.model, seed=SEED, dtype="float64")
     x, y = batch()
     ref_loss = full.forward_backward(x, y)
     model = build_tensor_model(cfg, tp_world.tp)
+    strategy = build_strategy(cfg, tp_world.dp, model)
     assert_all(world, close(model.flat, shard_flat(full.flat, full.layout, model.layout, model.specs)),
                "the shard does not start as the full model's initialisation")
-    loss = model.forward_backward(x, y)
+    loss = model.forward_backward(x, y, grad_ready=strategy.backward_hook(0, 1))
     assert_all(world, abs(loss - ref_loss) <= 1e-12 * abs(ref_loss), f"loss {loss!r} vs {ref_loss!r}")
     ref = model.layout.views(shard_flat(full.grad_flat, full.layout, model.layout, model.specs))
     for name, grad in model.grads.items():
@@ -119,10 +123,10 @@ def test_loss_and_every_gradient_equal_single_process(world, tp_world, tie):
 
 
 # ------------------------------------------------------------------------------ training
-@pytest.mark.parametrize("optim", ["sgd", "adamw"])
-def test_steps_equal_single_process(world, tp_world, optim):
+@pytest.mark.parametrize("optim, sp", [("sgd", False), ("adamw", False), ("adamw", True)])
+def test_steps_equal_single_process(world, tp_world, optim, sp):
     """float64, clipping active, two micro-batches: parameters and optimizer state after 3 steps."""
-    cfg = config(world, world.Get_size(), optim=optim)
+    cfg = config(world, world.Get_size(), optim=optim, sp=sp)
     _, strategy, losses = run(cfg, tp_world)
     params, state = full_state(world, strategy)
     _, ref_strategy, ref_losses = run(config(world, 1, optim=optim))
@@ -215,9 +219,13 @@ def test_vocab_parallel_cross_entropy_adversarial(world, tp_world, vocab):
     assert_all(world, not grad[:, n_real:].any(), "padding got a gradient")
 
 
-def test_bytes_in_tp_group_equal_closed_form(world, tp_world):
-    """MPI's all-reduce is charged 2 (P-1)/P n bytes: summed over every message of a step."""
-    cfg = config(world, world.Get_size(), algorithm="mpi", grad_accum=2, steps=1)
+@pytest.mark.parametrize("sp", [False, True])
+def test_bytes_in_tp_group_equal_closed_form(world, tp_world, sp):
+    """MPI's all-reduce is charged 2 (P-1)/P n bytes, its reduce-scatter and all-gather (P-1)/P n
+    each: summed over every message of a step. Sequence parallelism moves the same bytes (a
+    reduce-scatter + all-gather per all-reduce) plus one all-reduce of each unit's replicated
+    gradients per step."""
+    cfg = config(world, world.Get_size(), algorithm="mpi", grad_accum=2, steps=1, sp=sp)
     model, strategy, _ = run(cfg, tp_world, steps=1)
     collectives.counters.reset()
     run(cfg, tp_world, steps=1, model=model, strategy=strategy, start=1)
@@ -225,8 +233,13 @@ def test_bytes_in_tp_group_equal_closed_form(world, tp_world):
     P, item = world.Get_size(), 8
     messages = tp_message_elements(cfg.model, BATCH // 2, micro_batches=2)
     expect = sum(2 * (P - 1) * n * item // P for n in messages)
+    calls = len(messages)
+    if sp:
+        replicated = [sum(b - a for a, b in spans) for spans in strategy._partial.values() if spans]
+        expect += sum(2 * (P - 1) * n * item // P for n in replicated)
+        calls += 2 * (4 * cfg.model.n_layer + 2) + len(replicated)     # 2 calls per (N, C), 2 micro-batches
     assert_all(world, moved["tp"]["bytes_sent"] == expect, f"tp sent {moved['tp']['bytes_sent']} vs {expect}")
-    assert_all(world, moved["tp"]["calls"] == len(messages), f"{moved['tp']['calls']} calls vs {len(messages)}")
+    assert_all(world, moved["tp"]["calls"] == calls, f"{moved['tp']['calls']} calls vs {calls}")
     N, C = BATCH * BLOCK // 2, cfg.model.n_embd                # the 4 per block dominate
     assert_all(world, expect >= 2 * (P - 1) * item * 2 * 4 * cfg.model.n_layer * N * C // P, "closed form too small")
 

@@ -26,6 +26,9 @@ class Alone(IdentityHooks):
     def gather_last(self, x):
         return x
 
+    def rows(self, n):
+        return 0, n
+
 
 @pytest.mark.parametrize("tp", [1, 2, 3, 4, 6])
 @pytest.mark.parametrize("tie", [True, False])
@@ -81,3 +84,6 @@ def test_tp_not_dividing_the_heads_is_one_message():
         cfg.validate()
     cfg.parallel.tp = 2
     cfg.validate()
+    cfg.parallel.tp, cfg.parallel.sequence_parallel, cfg.model.block_size = 4, True, 6
+    with pytest.raises(UserError, match="sequence_parallel needs parallel.tp=4 to divide model.block_size=6"):
+        cfg.validate()
