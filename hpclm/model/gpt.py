@@ -18,6 +18,16 @@ from hpclm.model.params import ParamLayout, gpt2_shapes
 INIT_STD = 0.02
 
 
+def count_params(layout, tie_weights, non_embedding=False):
+    """Parameters of `layout`; non_embedding drops wpe (and wte unless it is also the output head)."""
+    n = layout.size
+    if non_embedding:
+        n -= layout.by_name["wpe"].size
+        if not tie_weights:
+            n -= layout.by_name["wte"].size
+    return n
+
+
 class GPT:
     def __init__(self, cfg, seed=0, dtype="float32", flat=None, hooks=None):
         """flat: an existing parameter buffer to share (no initialisation), as the thread replicas do.
@@ -67,12 +77,7 @@ class GPT:
 
     def num_params(self, non_embedding=False):
         """Parameter count; non_embedding drops wpe (and wte unless it is also the output head)."""
-        n = self.layout.size
-        if non_embedding:
-            n -= self.layout.by_name["wpe"].size
-            if not self.cfg.tie_weights:
-                n -= self.layout.by_name["wte"].size
-        return n
+        return count_params(self.layout, self.cfg.tie_weights, non_embedding)
 
     def drop_gradients(self):
         """Free the flat gradient buffer: a source (ZeRO 2-3) hands each unit's backward its own."""

@@ -33,7 +33,7 @@ from hpclm import xp as X
 from hpclm.errors import UserError
 from hpclm.model import layers as L
 from hpclm.model import units as U
-from hpclm.model.gpt import GPT
+from hpclm.model.gpt import GPT, count_params
 from hpclm.model.params import ParamLayout, gpt2_shapes
 
 
@@ -305,12 +305,7 @@ class ShardedGPT(GPT):
 
     def num_params(self, non_embedding=False):
         """The full model's parameter count (not this shard's)."""
-        n = self.full_layout.size
-        if non_embedding:
-            n -= self.full_layout.by_name["wpe"].size
-            if not self.cfg.tie_weights:
-                n -= self.full_layout.by_name["wte"].size
-        return n
+        return count_params(self.full_layout, self.cfg.tie_weights, non_embedding)
 
 
 def tp_message_elements(cfg, rows, micro_batches=1):
