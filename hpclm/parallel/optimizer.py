@@ -57,8 +57,10 @@ class DistributedOptimizer:
         self.sync.finish()
         with self.timer.region("optimizer"):
             grad = self.model.grad_flat
-            norm = clip_by_global_norm(grad, self.cfg.grad_clip,
-                                       None if self.tensor_norm is None else self.tensor_norm.norm(grad))
+            if self.tensor_norm is None:
+                norm = clip_by_global_norm(grad, self.cfg.grad_clip)
+            else:
+                norm = clip_by_global_norm(grad, self.cfg.grad_clip, self.tensor_norm.norm(grad))
             self.optimizer.step(self.model.flat, self.model.grad_flat, lr)
         return norm
 
