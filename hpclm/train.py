@@ -341,9 +341,10 @@ def train_steps(s, stop):
                                   f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
         if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
             save_checkpoint(s, step + 1)
+        # tokens: this rank's share, so the ranks' tokens sum to the step's (tp ranks share a batch)
         s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
                             bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
-                            tokens=tokens_per_step // s.dp_size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
+                            tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
                             memory=s.strategy.memory())
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
