@@ -192,6 +192,7 @@ class ParallelConfig:
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
     stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
     sync: str = "allreduce"      # how dp replicas agree: allreduce (ps, gossip, local: not built yet)
+    sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
     def validate(self):
         for name in ("tp", "pp", "micro_batches"):
@@ -205,8 +206,10 @@ class ParallelConfig:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
-        if self.tp > 1 or self.sync != "allreduce":
-            raise UserError("parallel: tensor parallelism (tp > 1) and sync other than allreduce are not built yet")
+        if self.sync != "allreduce":
+            raise UserError("parallel: sync other than allreduce (ps, gossip, local) is not built yet")
+        if self.tp > 1 and self.pp > 1:
+            raise UserError("parallel: tp > 1 together with pp > 1 (the 3-D grid) is not built yet")
         if self.schedule == "interleaved":
             raise UserError("parallel.schedule=interleaved is not built yet: the executor runs one model chunk "
                             "per stage (gpipe or 1f1b)")
@@ -249,6 +252,12 @@ class Config:
             raise UserError("with parallel.pp > 1 use parallel.micro_batches, not train.grad_accum")
         if p.pp > 1 and self.compress.onebit_adam:
             raise UserError("compress.onebit_adam with parallel.pp > 1 is not built yet")
+        if self.parallel.tp > 1:                               # tensor parallelism splits heads and the MLP
+            from hpclm.model.tensor_parallel import check_divisible
+            check_divisible(self.model, self.parallel.tp)
+            if self.parallel.sequence_parallel and self.model.block_size % self.parallel.tp:
+                raise UserError(f"parallel.sequence_parallel needs parallel.tp={self.parallel.tp} to divide "
+                                f"model.block_size={self.model.block_size}")
         if self.parallel.zero and self.compress.name != "none":
             raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
                             "ZeRO shards uncompressed gradients; use one or the other")

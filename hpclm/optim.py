@@ -30,9 +30,10 @@ def global_norm(grad_flat):
     return float(xp.sqrt(xp.dot(grad_flat, grad_flat)))
 
 
-def clip_by_global_norm(grad_flat, max_norm):
-    """Scale the gradient in place so its global L2 norm is at most max_norm (0 = off). Returns the norm before."""
-    norm = global_norm(grad_flat)
+def clip_by_global_norm(grad_flat, max_norm, norm=None):
+    """Scale the gradient in place so its global L2 norm is at most max_norm (0 = off). Returns the norm before.
+    norm: the global norm when grad_flat is a part of the gradient (a tensor-parallel shard)."""
+    norm = global_norm(grad_flat) if norm is None else norm
     if max_norm > 0 and norm > max_norm:
         grad_flat *= max_norm / (norm + 1e-6)
     return norm

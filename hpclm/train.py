@@ -100,13 +100,17 @@ def threads_per_rank(cfg, local_ranks):
     return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
-def build_model(cfg, threads, groups):
+def build_model(cfg, threads, groups, timer=None):
     """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
     parameter source, which the one-thread model takes (BLAS still uses the threads). With
-    parallel.pp > 1: this rank's pipeline stage."""
+    parallel.pp > 1: this rank's pipeline stage; with parallel.tp > 1: this rank's shard
+    (parallel/tensor.py), one thread (its collectives are MPI calls)."""
     if cfg.parallel.pp > 1:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
         return StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
+    if cfg.parallel.tp > 1:
+        from hpclm.parallel.tensor import build_tensor_model
+        return build_tensor_model(cfg, groups.tp, timer)
     model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
     return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
 
@@ -225,9 +229,9 @@ def setup(args, world):
                                f"size x grad_accum x parallel.micro_batches ({dp_size} x {n_micro})")
     threads = threads_per_rank(cfg, local_ranks)
     collectively(world, kernels.use, cfg.train.kernels, threads)   # compiled CPU kernels (train.kernels) or NumPy
-    model = collectively(world, build_model, cfg, threads, groups)
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
+    model = collectively(world, build_model, cfg, threads, groups, timer)
     strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer, groups.pp)
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
     start_step = 0
@@ -248,7 +252,9 @@ def setup(args, world):
                              "cuda_aware": cfg.comm.cuda_aware})
     # A resumed run keeps the record of the steps before it: its own file starts at its first step.
     record_name = f"timing-from-{start_step}.h5" if start_step else "timing.h5"
-    recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, flush_every=cfg.train.timing_flush,
+    regions = ("tp_comm",) if lay.tp > 1 else ()          # the tensor-parallel collectives (parallel/tensor.py)
+    recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, regions=regions,
+                        flush_every=cfg.train.timing_flush,
                         enabled=cfg.train.timing, file_name=record_name)
     return Session(world, rank, size, groups, cfg, data, model, strategy, sampler, timer, recorder, rng,
                    val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,
@@ -306,7 +312,7 @@ def save_checkpoint(s, step):
     if s.rank == 0:
         with s.timer.region("checkpoint"):
             ckpt_io.save(os.path.join(s.cfg.train.out_dir, ckpt_io.FILE_NAME), params=state.params,
-                         layout=state.layout, optim_state=state.optim_state, step=step,
+                         layout=state.layout or s.model.layout, optim_state=state.optim_state, step=step,
                          config_json=s.cfg.to_json(), tokenizer_json=s.data.tokenizer.to_json(),
                          rng_state=rng_states, extra=state.extra)
     s.world.Barrier()
@@ -344,9 +350,10 @@ def train_steps(s, stop):
                                   f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
         if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
             save_checkpoint(s, step + 1)
+        # tokens: this rank's share, so the ranks' tokens sum to the step's (tp ranks share a batch)
         s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
                             bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
-                            tokens=tokens_per_step // s.dp_size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
+                            tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
                             memory=s.strategy.memory())
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")

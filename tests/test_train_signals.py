@@ -44,10 +44,10 @@ LAUNCHER = textwrap.dedent("""
         O.clip_by_global_norm = clip
     elif fault == "setup-error":         # rank 1 cannot build its model (not a UserError)
         orig_build = T.build_model
-        def build(cfg, threads, groups):
+        def build(cfg, threads, *rest):
             if rank == 1:
                 raise RuntimeError("injected failure while building the model")
-            return orig_build(cfg, threads, groups)
+            return orig_build(cfg, threads, *rest)
         T.build_model = build
     elif fault == "setup-user-error":    # rank 1 alone finds bad input
         orig_load = T.load_tokens

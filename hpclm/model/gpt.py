@@ -18,6 +18,16 @@ from hpclm.model.params import ParamLayout, gpt2_shapes
 INIT_STD = 0.02
 
 
+def count_params(layout, tie_weights, non_embedding=False):
+    """Parameters of `layout`; non_embedding drops wpe (and wte unless it is also the output head)."""
+    n = layout.size
+    if non_embedding:
+        n -= layout.by_name["wpe"].size
+        if not tie_weights:
+            n -= layout.by_name["wte"].size
+    return n
+
+
 class GPT:
     def __init__(self, cfg, seed=0, dtype="float32", flat=None, hooks=None):
         """flat: an existing parameter buffer to share (no initialisation), as the thread replicas do.
@@ -27,7 +37,7 @@ class GPT:
             raise UserError("model.vocab_size must be set (>= 1) to build a model")
         self.cfg = cfg
         self.dtype = numpy.dtype(dtype)
-        self.layout = ParamLayout(gpt2_shapes(cfg))
+        self.layout = ParamLayout(self._shapes(cfg))
         xp = X.np
         self.flat = xp.zeros(self.layout.size, dtype=self.dtype) if flat is None else flat  # all parameters
         self.grad_flat = xp.zeros(self.layout.size, dtype=self.dtype)   # all gradients, same layout
@@ -36,18 +46,27 @@ class GPT:
         if flat is None:
             self.flat[...] = xp.asarray(self._initial_values(seed))
         self.hooks = hooks
-        self.units = U.gpt_units(cfg, hooks)                           # Embedding, Block 0..L-1, Head
+        self.units = self._build_units(cfg, hooks)                     # Embedding, Block 0..L-1, Head
         U.check_tiling(self.units, self.layout)
         self._unit_offset = {u: U.param_range(u, self.layout)[0] for u in self.units}  # grad_ready's offsets
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0                                 # set by forward_backward
 
-    def _initial_values(self, seed):
-        """GPT-2 init, drawn on the host so every backend starts from the same numbers."""
+    # A tensor-parallel shard (model/tensor_parallel.py ShardedGPT) overrides these three.
+    def _shapes(self, cfg):
+        return gpt2_shapes(cfg)
+
+    def _build_units(self, cfg, hooks):
+        return U.gpt_units(cfg, hooks)
+
+    def _initial_values(self, seed, layout=None):
+        """GPT-2 init of `layout` (default the model's), drawn on the host so every backend starts
+        from the same numbers."""
+        layout = layout or self.layout
         rng = numpy.random.default_rng(seed)
-        flat = numpy.zeros(self.layout.size, dtype=self.dtype)
+        flat = numpy.zeros(layout.size, dtype=self.dtype)
         proj_std = INIT_STD / numpy.sqrt(2 * self.cfg.n_layer)         # residual projections
-        for s in self.layout.slots:
+        for s in layout.slots:
             view = flat[s.offset:s.offset + s.size]
             if s.name.endswith("ln_1.weight") or s.name.endswith("ln_2.weight") or s.name == "ln_f.weight":
                 view[:] = 1.0
@@ -58,12 +77,7 @@ class GPT:
 
     def num_params(self, non_embedding=False):
         """Parameter count; non_embedding drops wpe (and wte unless it is also the output head)."""
-        n = self.layout.size
-        if non_embedding:
-            n -= self.layout.by_name["wpe"].size
-            if not self.cfg.tie_weights:
-                n -= self.layout.by_name["wte"].size
-        return n
+        return count_params(self.layout, self.cfg.tie_weights, non_embedding)
 
     def drop_gradients(self):
         """Free the flat gradient buffer: a source (ZeRO 2-3) hands each unit's backward its own."""

@@ -12,6 +12,8 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
                                       configured) + the exchange compress.exchange picks, or the
                                       1-bit all-reduce (ef_sign by default)
       compress.warmup_steps > 0       Warmup: AllReduceSync for those steps, then the above
+    a tensor-parallel model           TensorParallel (parallel/tensor.py) around the above (plain
+                                      all-reduce or ZeRO-1 over the dp group, on the rank's shard)
 """
 from hpclm import compress
 from hpclm.compress.base import AGGREGATE_LOW_RANK
@@ -57,12 +59,22 @@ def build_grad_sync(cfg, group, model, timer=None):
 
 def build_strategy(cfg, group, model, timer=None, pp_group=None):
     """The DistributedOptimizer for `cfg` over the dp `group` (and, with parallel.pp > 1, this
-    rank's pipeline `pp_group`; `model` is then its StageModel). UserError for a bad combination."""
+    rank's pipeline `pp_group`; `model` is then its StageModel). A tensor-parallel shard (model.tensor
+    set) gets the dp strategy wrapped in parallel.tensor's. UserError for a bad combination."""
     if cfg.parallel.pp > 1:
         from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
         return PipelineOptimizer(model, build_optimizer(cfg.optim, model), build_grad_sync(cfg, group, model, timer),
                                  cfg.optim, pp_group, cfg.parallel.schedule, cfg.parallel.micro_batches,
                                  stage_ranges(cfg), timer)
+    if getattr(model, "tensor", None) is not None:
+        from hpclm.parallel.tensor import TensorParallel, check_tensor_config
+        check_tensor_config(cfg)
+        return TensorParallel(_data_parallel(cfg, group, model, timer), model)
+    return _data_parallel(cfg, group, model, timer)
+
+
+def _data_parallel(cfg, group, model, timer):
+    """The data-parallel strategy of a whole (or tensor-sharded) model over the dp `group`."""
     if cfg.parallel.zero:
         from hpclm.parallel.zero import build_zero
         return build_zero(cfg, group, model, timer)

@@ -33,7 +33,7 @@ class CheckpointState:
     params: object          # (size,) host array in the single-process model's flat layout
     optim_state: dict       # {"t": int, name: (size,) host array}
     extra: dict             # {name: (P, ...) every rank's sync state}
-    layout: object          # that flat layout (hpclm.model.params.ParamLayout)
+    layout: object = None   # the params' ParamLayout when it is not the model's (tensor parallelism: the unsharded one)
 
 
 def nbytes(*arrays):
@@ -42,6 +42,7 @@ def nbytes(*arrays):
 
 class DistributedOptimizer:
     source = None
+    tensor_norm = None      # parallel/tensor.py TensorNorm when the model is a tp shard: the norm over the tp group
 
     def __init__(self, model, optimizer, sync, optim_cfg, timer=None):
         self.model, self.optimizer, self.sync, self.cfg = model, optimizer, sync, optim_cfg
@@ -56,13 +57,7 @@ class DistributedOptimizer:
         return self.sync.backward_hook(micro == n_micro - 1)
 
     def forward_backward(self, model, batches, timer=None):
-        """Forward and backward of each micro-batch in turn, gradients accumulated (their sum); the
-        mean loss."""
-        n, loss = len(batches), 0.0
-        for j, (x, y) in enumerate(batches):
-            loss += model.forward_backward(x, y, grad_ready=self.backward_hook(j, n), accumulate=j > 0,
-                                           timer=timer, source=self.source)
-        return loss / n
+        return micro_batches_in_turn(self, model, batches, timer)
 
     def loss(self, model, idx, targets):
         return model.loss(idx, targets, source=self.source)
@@ -71,7 +66,11 @@ class DistributedOptimizer:
         """Sync the gradient, clip it by its global norm (returned, before clipping), update."""
         self.sync.finish()
         with self.timer.region("optimizer"):
-            norm = clip_by_global_norm(self.model.grad_flat, self.cfg.grad_clip)
+            grad = self.model.grad_flat
+            if self.tensor_norm is None:
+                norm = clip_by_global_norm(grad, self.cfg.grad_clip)
+            else:
+                norm = clip_by_global_norm(grad, self.cfg.grad_clip, self.tensor_norm.norm(grad))
             self.optimizer.step(self.model.flat, self.model.grad_flat, lr)
         return norm
 
@@ -115,3 +114,12 @@ class DistributedOptimizer:
                 "optimizer": nbytes(*self.optimizer.state.values()),
                 "activations": int(getattr(m, "activation_bytes_peak", 0))}
 
+
+def micro_batches_in_turn(strategy, model, batches, timer=None):
+    """Forward and backward of each micro-batch in turn with `strategy`'s backward hooks and
+    parameter source, gradients accumulated (their sum); the mean loss."""
+    n, loss = len(batches), 0.0
+    for j, (x, y) in enumerate(batches):
+        loss += model.forward_backward(x, y, grad_ready=strategy.backward_hook(j, n), accumulate=j > 0,
+                                       timer=timer, source=strategy.source)
+    return loss / n

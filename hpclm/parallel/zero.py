@@ -300,10 +300,15 @@ class ZeroOptimizer(DistributedOptimizer):
         else:
             self.source.finish()
         with t.region("optimizer"):
-            sq = float(X.array_module(self.shard_grads).dot(self.shard_grads, self.shard_grads))
+            if self.tensor_norm is None:
+                sq = float(X.array_module(self.shard_grads).dot(self.shard_grads, self.shard_grads))
+            else:                                              # a tp shard: replicated elements weighted
+                sq = self.tensor_norm.local_squares(self.shard_grads, self.plan.shard(self.rank)[0])
         if self.wire is not None:
             with t.region("comm"):
                 sq = self.wire.allreduce(sq)                       # the norm over the sharding group
+        if self.tensor_norm is not None:
+            sq = self.tensor_norm.total(sq)                    # ... and over the tp group
         norm = math.sqrt(sq)
         with t.region("optimizer"):
             clip = self.cfg.grad_clip
