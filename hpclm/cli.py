@@ -1,4 +1,4 @@
-"""The `hpclm` command: `hpclm train|sample|analyze|bench <what>`.
+"""The `hpclm` command: `hpclm train|sample|analyze|cluster|bench <what>`.
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `hpclm sample` never starts MPI. Error policy:
@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("hpclm.train", "train a model (single process or data-parallel under mpiexec/srun)"),
     "sample": ("hpclm.sample", "generate text from a checkpoint"),
     "analyze": ("hpclm.analysis.report", "summarise timing records of one or more runs"),
+    "cluster": ("hpclm.cluster.cli", "emulated cluster on this machine: up, run, down, status (root)"),
 }
 BENCHMARKS = {
     "model": ("hpclm.bench.model", "step time, tokens/s and MFU of the model on this machine"),
@@ -43,7 +44,7 @@ def _add(sub, name, module, help_text):
 def build_parser(argv):
     parser = argparse.ArgumentParser(prog="hpclm", description="Communication-efficient LM training over MPI.")
     parser.add_argument("--version", action="version", version=f"hpclm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,analyze,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,analyze,cluster,bench}")
     # Import only the module of the chosen command (argparse needs its arguments).
     chosen = [a for a in argv if not a.startswith("-")][:2]
     for name, (module, help_text) in COMMANDS.items():
