@@ -3,5 +3,5 @@
 netns.py plans names, addresses and the `ip`/`tc` commands (pure, tested without root);
 hosts.py executes a plan (bring-up with roll-back, tear-down, status); launch.py builds the
 mpiexec command that runs k ranks per emulated host; cli.py is `hpclm cluster up|run|down|status`.
-No MPI is imported here: the launched job is an ordinary MPI program.
+p2p.py is an MPI program measuring a link; the rest imports no MPI (a launched job is an ordinary MPI program).
 """
