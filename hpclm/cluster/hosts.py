@@ -16,7 +16,7 @@ from hpclm.errors import UserError
 
 STATE_ROOT = Path(os.environ.get("HPCLM_CLUSTER_STATE", "/run/hpclm-cluster"))
 NETNS_ETC = Path("/etc/netns")
-CAP_NET_ADMIN = 12
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}   # links/qdiscs; mounting /run/netns and UTS namespaces
 LAUNCHER = """#!/bin/sh
 # hydra's ssh launcher calls: THIS [-x] HOST COMMAND... ; run COMMAND inside emulated HOST, with
 # HOST as its host name (own UTS namespace), as ssh would run it on a real node.
@@ -32,12 +32,11 @@ def missing_privileges():
     for tool in ("ip", "tc", "unshare"):
         if shutil.which(tool) is None:
             return f"the `{tool}` command (package iproute2 / util-linux)"
-    if os.geteuid() == 0:
-        return None
     status = Path("/proc/self/status").read_text()
     cap_eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
-    if not cap_eff >> CAP_NET_ADMIN & 1:
-        return "root or CAP_NET_ADMIN (network namespaces, veth links and tc qdiscs need it)"
+    lacking = [name for name, bit in CAPABILITIES.items() if not cap_eff >> bit & 1]
+    if lacking:
+        return f"root ({' and '.join(lacking)}: network namespaces, veth links and tc qdiscs need them)"
     return None
 
 

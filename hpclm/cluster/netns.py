@@ -21,8 +21,8 @@ PREFIX_LEN = 24
 MAX_HOSTS = 254
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
-MIN_BURST_BYTES = 32 * 1024  # at least ~20 full-size frames per token refill
-BURST_SECONDS = 0.001        # bucket depth: 1 ms of traffic at the link rate
+MIN_BURST_BYTES = 64 * 1024  # at least ~40 full-size frames
+BURST_SECONDS = 0.004        # bucket depth: 4 ms at the link rate (a late qdisc timer on a busy CPU costs no rate)
 QUEUE_SECONDS = 0.05         # tbf `latency`: the longest a packet may wait in the queue
 
 
