@@ -2,8 +2,8 @@
 
     python jobscripts/cluster_time_to_loss.py --runs runs/cluster_time_to_loss --out results/cluster/time_to_loss
 
-Runs are named RATE-METHOD. The target is the uncompressed ring's validation loss at
---target-step (default: two thirds of its run) at the slowest rate; a run's time to target is
+Runs are named RATE-METHOD. The target is the uncompressed ring's validation loss at its
+first evaluation at or after --target-step (default: two thirds of its run) at the slowest rate; a run's time to target is
 the elapsed wall time (rank 0, from the timing record) at its first evaluation at or below it.
 Writes time_to_loss.csv, time_to_loss.md (table) and loss_vs_time.png (one panel per rate).
 """
@@ -53,7 +53,8 @@ def main():
     ref = runs[rates[0], "none"]
     ref_steps, ref_loss, _ = curve(ref)
     target_step = args.target_step or int(ref_steps[-1] * 2 // 3)
-    target = float(ref_loss[np.searchsorted(ref_steps, target_step)])
+    at = min(np.searchsorted(ref_steps, target_step), len(ref_steps) - 1)   # first evaluation at or after it
+    target, target_step = float(ref_loss[at]), int(ref_steps[at])
     rows = []
     for rate in rates:
         base = None

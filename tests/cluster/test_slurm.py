@@ -70,6 +70,16 @@ def job_field(job, field):
     return m.group(1) if m else None
 
 
+def cancel(job):
+    """scancel until the job is over (a job caught between attempts may otherwise be requeued again)."""
+    for _ in range(60):
+        subprocess.run(["scancel", job], capture_output=True)
+        if job_field(job, "JobState") in ("CANCELLED", "COMPLETED", "FAILED", "TIMEOUT", None):
+            return
+        time.sleep(1)
+    raise AssertionError(f"job {job} could not be cancelled")
+
+
 def test_collectives_sbatch(slurm, tmp_path):
     out = tmp_path / "coll"
     job, proc = sbatch("--nodes=1", "--ntasks-per-node=2", "jobscripts/collectives.sbatch", OUT=out,
@@ -141,8 +151,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_state(slurm,
         ref_proc = train_reference(tmp_path, ref, steps)
         restarts = wait_done(job, 300, urgent)
     finally:
+        cancel(job)
         log = take_log(log_path.name) if log_path.exists() else ""
-        subprocess.run(["scancel", job], capture_output=True)
     assert restarts == 1, log[-3000:]
     assert "signal received: checkpointing" in log and "the run stopped early (signalled: 0)" in log, log[-3000:]
     stopped = int(re.search(r"checkpointing at step (\d+)", log).group(1))
@@ -168,8 +178,7 @@ def test_time_limit_signal_is_forwarded_checkpointed_requeued_and_resumed(slurm,
     try:
         wait_for(lambda: log_path.is_file() and resumed.search(log_path.read_text()), 240, "a resumed attempt")
     finally:
-        subprocess.run(["scancel", job], capture_output=True)
-        time.sleep(1)
+        cancel(job)
         log = take_log(log_path.name) if log_path.exists() else ""
     assert "USR1 received: forwarding to the job step" in log and "the run stopped early (signalled: 1)" in log
     stopped = int(re.search(r"checkpointing at step (\d+)", log).group(1))
