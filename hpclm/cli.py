@@ -1,4 +1,4 @@
-"""The `hpclm` command: `hpclm train|sample|analyze|bench <what>`.
+"""The `hpclm` command: `hpclm train|sample|analyze|cluster|bench <what>`.
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
 they are imported only when chosen, so `hpclm sample` never starts MPI. Error policy:
@@ -25,6 +25,7 @@ COMMANDS = {
     "analyze": ("hpclm.analysis.report", "summarise timing records of one or more runs"),
     "memory": ("hpclm.memory", "predict per-rank memory of a config on N ranks (ZeRO stages 0-3)"),
     "schedule": ("hpclm.schedule", "print a pipeline schedule (gpipe, 1f1b, interleaved) as a diagram"),
+    "cluster": ("hpclm.cluster.cli", "emulated cluster on this machine: up, run, down, status (root)"),
 }
 BENCHMARKS = {
     "model": ("hpclm.bench.model", "step time, tokens/s and MFU of the model on this machine"),
@@ -60,7 +61,7 @@ def _add(sub, name, module, help_text):
 def build_parser(argv):
     parser = argparse.ArgumentParser(prog="hpclm", description="Communication-efficient LM training over MPI.")
     parser.add_argument("--version", action="version", version=f"hpclm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,analyze,memory,schedule,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,analyze,memory,schedule,cluster,bench}")
     # Import only the module of the chosen command (argparse needs its arguments).
     chosen = [a for a in argv if not a.startswith("-")][:2]
     for name, (module, help_text) in COMMANDS.items():

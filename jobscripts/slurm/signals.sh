@@ -1,0 +1,30 @@
+# Sourced by jobscripts/*.sbatch (from the submit directory): time-limit signals and pre-emption.
+#   step srun hpclm train ...     # runs the step; a USR1/TERM to the batch shell is passed on to it
+#   requeue_unless_finished DIR   # after the step: requeue this job if the run in DIR stopped early
+# With `#SBATCH --signal=B:USR1@N` Slurm signals only the batch shell, N s before the time limit;
+# bash runs a trap only between commands, so the step runs in the background and the trap forwards
+# the signal to srun, which passes it to every task. At pre-emption (PreemptMode=REQUEUE with a
+# GraceTime) Slurm 22.05 sends SIGTERM to the tasks themselves instead. Either way hpclm train
+# checkpoints at the next step and exits 0, the checkpoint is short of max_steps, this job requeues
+# itself, and the requeued job (same id, SLURM_RESTART_COUNT > 0) resumes from DIR/ckpt.h5.
+HPCLM_SIGNALLED=0
+_hpclm_forward() { HPCLM_SIGNALLED=1; echo "[slurm] $1 received: forwarding to the job step"; kill -s "$1" "$HPCLM_STEP_PID" 2>/dev/null || true; }
+trap '_hpclm_forward USR1' USR1
+trap '_hpclm_forward TERM' TERM
+step() {
+  "$@" &
+  HPCLM_STEP_PID=$!
+  local rc
+  while :; do
+    rc=0; wait "$HPCLM_STEP_PID" || rc=$?
+    kill -0 "$HPCLM_STEP_PID" 2>/dev/null || return "$rc"   # else: wait was cut short by a trapped signal
+  done
+}
+requeue_unless_finished() {
+  python jobscripts/slurm/run_finished.py "$1" && return 0
+  echo "[slurm] the run stopped early (signalled: $HPCLM_SIGNALLED): requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+  sleep 60 & wait $!   # Slurm ends this script as it requeues the job
+  exit 0
+}
+echo "[slurm] job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NODELIST:-?}, restart count ${SLURM_RESTART_COUNT:-0}"
