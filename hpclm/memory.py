@@ -12,7 +12,7 @@ from hpclm.model.params import ParamLayout, gpt2_shapes
 from hpclm.model.units import gpt_units
 from hpclm.parallel.memory import activation_bytes, peak_live_elements, planned_memory
 
-GiB = float(1 << 30)
+UNITS = (("GiB", float(1 << 30)), ("MiB", float(1 << 20)))
 
 
 def add_arguments(p):
@@ -51,14 +51,15 @@ def run(args):
     psi, micro, table = rows(cfg, args.world)
     print(f"{psi:,} parameters ({psi / 1e9:.2f} B), {cfg.train.dtype}, optimizer {cfg.optim.name}, "
           f"{args.world} ranks, micro-batch {micro} x {cfg.model.block_size} tokens per rank")
-    print(f"{'stage':>5} {'params':>10} {'grads':>10} {'optimizer':>10} {'activations':>12} {'total':>10}  GiB per rank")
+    name, unit = next((u for u in UNITS if max(sum(h.values()) for _, h in table) >= u[1]), UNITS[-1])
+    print(f"{'stage':>5} {'params':>10} {'grads':>10} {'optimizer':>10} {'activations':>12} {'total':>10}  {name} per rank")
     for stage, held in table:
         if args.zero is not None and stage != args.zero:
             continue
         total = sum(held.values())
-        print(f"{stage:>5} " + " ".join(f"{held[k] / GiB:>{w}.2f}" for k, w in
+        print(f"{stage:>5} " + " ".join(f"{held[k] / unit:>{w}.3f}" for k, w in
                                         (("params", 10), ("grads", 10), ("optimizer", 10), ("activations", 12)))
-              + f" {total / GiB:>10.2f}")
+              + f" {total / unit:>10.3f}")
     print("params / grads include the temporary unit buffers alive at the peak (stages 2-3); activations: "
           "the caches of one micro-batch's forward, without recomputation")
     return 0
