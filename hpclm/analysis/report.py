@@ -51,6 +51,9 @@ def format_run(summary, record):
     hidden = ("not recorded (no comm_async times)" if s.hidden_comm_s is None
               else f"{ms(s.hidden_comm_s).strip()} ms/step per rank")
     lines.append(f"  communication: exposed {ms(s.exposed_comm_s).strip()} ms/step per rank, hidden {hidden}")
+    if "tp_comm" in s.regions:
+        share = s.regions["tp_comm"].median / s.step_time.median
+        lines.append(f"  tensor-parallel communication (tp_comm, inside forward/backward): {share:.1%} of the step")
     lines.append(f"  throughput {s.tokens_per_s:,.1f} tokens/s   final loss {s.final_loss:.4f}"
                  f"   last validation loss {s.final_val_loss:.4f}")
     ratio = f", compression ratio {s.compression_ratio:.2f}x" if s.compression_ratio else ""

@@ -60,3 +60,24 @@ def test_report_compares_runs_and_writes_csv_and_plots(tmp_path, capsys):
 def test_missing_run_is_one_clean_error(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert "no timing record" in capsys.readouterr().err
+
+
+def test_tensor_parallel_share_of_the_step(tmp_path, capsys):
+    """A record with a tp_comm region (nested in forward/backward) reports its share of the step."""
+    run_dir = tmp_path / "tp"
+    run_dir.mkdir()
+    regions = schema.region_columns(("tp_comm",))
+    columns = schema.rank_columns(regions)
+    rows = np.zeros((2, 6, len(columns)))
+    rows[:, :, columns.index("time/forward")] = 0.06
+    rows[:, :, columns.index("time/tp_comm")] = 0.025
+    rows[:, :, columns.index("step_time")] = 0.1
+    rows[:, :, columns.index("tokens")] = 100
+    global_rows = np.column_stack([np.full(6, 1e-3), np.ones(6), np.ones(6), np.arange(6.0)])
+    meta = {"world_size": 2, "schema_version": schema.SCHEMA_VERSION, "start_time": "now",
+            "hostnames_json": ["h"] * 2, "node_local_rank_json": [0, 1]}
+    writer = TimingWriter(run_dir / schema.FILE_NAME, 2, regions, meta, chunk_rows=4)
+    writer.append_steps(np.arange(6), rows, global_rows)
+    writer.close()
+    assert main(["analyze", str(run_dir)]) == 0
+    assert "tensor-parallel communication (tp_comm, inside forward/backward): 25.0% of the step" in capsys.readouterr().out
