@@ -29,10 +29,10 @@ from hpclm.config import build_config, config_from_json
 from hpclm.data import BatchSampler, eval_offsets, get_batch, load_tokens, prepare
 from hpclm.errors import UserError
 from hpclm.model import GPT
+from hpclm.model.stage import StageModel
 from hpclm.model.threaded import ThreadedGPT
 from hpclm.optim import lr_at
 from hpclm.parallel.agree import collective_error, collectively
-from hpclm.model.stage import StageModel
 from hpclm.parallel.build import build_strategy, stage_ranges
 from hpclm.signals import RunSignals
 from hpclm.timing.recorder import Recorder
