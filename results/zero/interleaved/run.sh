@@ -1,4 +1,6 @@
-cd /work/main
+#!/usr/bin/env bash
+# ZeRO stages 0-3 interleaved in one sequence (3 rounds x 120 steps, char recipe, 4 ranks), then hpclm analyze.
+cd "$(dirname "$0")/../../.."
 source jobscripts/env.sh
 NP=4; DATA=../shared/data/tinyshakespeare.txt; R=${R:-runs/zero_interleaved}
 mkdir -p $R
