@@ -23,12 +23,12 @@ LAUNCHER = textwrap.dedent("""
     from mpi4py import MPI
     import hpclm.train as T
     marker = Path(sys.argv[1])
-    def build(cfg, threads, groups):
+    def build(cfg, threads, *rest):
         if MPI.COMM_WORLD.Get_rank() == 1:
             marker.write_text("stuck")
             while True:
                 time.sleep(1)
-        return orig(cfg, threads, groups)
+        return orig(cfg, threads, *rest)
     orig, T.build_model = T.build_model, build
     from hpclm.cli import main
     sys.exit(main(sys.argv[2:]))
