@@ -191,7 +191,7 @@ class ParallelConfig:
     micro_batches: int = 1       # pipeline micro-batches per step (per dp rank; without a pipeline: more accumulation)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
     stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
-    sync: str = "allreduce"      # how dp replicas agree: allreduce (ps, gossip, local: not built yet)
+    sync: str = "allreduce"      # how dp replicas agree: allreduce | ps | gossip | local ([ps], [gossip], [local])
     sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
     def validate(self):
@@ -206,8 +206,8 @@ class ParallelConfig:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
-        if self.sync != "allreduce":
-            raise UserError("parallel: sync other than allreduce (ps, gossip, local) is not built yet")
+        if self.sync in SYNCS_NOT_BUILT:
+            raise UserError(f"parallel.sync={self.sync}: sync other than allreduce is not built yet for {self.sync}")
         if self.tp > 1 and self.pp > 1:
             raise UserError("parallel: tp > 1 together with pp > 1 (the 3-D grid) is not built yet")
         if self.schedule == "interleaved":
@@ -225,6 +225,73 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
+SYNCS_NOT_BUILT = ("ps", "gossip", "local")
+
+
+@dataclass
+class PSConfig:
+    """parallel.sync = ps: S server ranks hold the parameter shards and their optimizer state."""
+    servers: int = 1             # S: ranks that serve; the other world - S ranks work
+    mode: str = "sync"           # sync | async | ssp
+    staleness: int = 0           # ssp: a worker at most this many steps ahead of the slowest
+    pull_dtype: str = "float32"  # parameters sent back to workers: float32 | float16
+
+    def validate(self):
+        if self.servers < 1:
+            raise UserError(f"ps.servers must be >= 1, got {self.servers}")
+        if self.mode not in PS_MODES:
+            raise UserError(f"ps.mode must be one of {', '.join(PS_MODES)}, got {self.mode!r}")
+        if self.staleness < 0:
+            raise UserError(f"ps.staleness must be >= 0, got {self.staleness}")
+        if self.pull_dtype not in ("float32", "float16"):
+            raise UserError(f"ps.pull_dtype must be float32 or float16, got {self.pull_dtype!r}")
+
+
+PS_MODES = ("sync", "async", "ssp")
+
+
+@dataclass
+class GossipConfig:
+    """parallel.sync = gossip: every rank averages with its neighbours on a topology."""
+    topology: str = "ring"       # ring | torus | exp2 | one_peer_exp | star | fully_connected
+    algorithm: str = "dpsgd"     # dpsgd (combine then adapt) | dpsgd_atc (adapt then combine) | adpsgd
+    consensus_every: int = 10    # steps between consensus-distance measurements (0: never)
+
+    def validate(self):
+        if self.topology not in TOPOLOGIES:
+            raise UserError(f"gossip.topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}")
+        if self.algorithm not in GOSSIP_ALGORITHMS:
+            raise UserError(f"gossip.algorithm must be one of {', '.join(GOSSIP_ALGORITHMS)}, "
+                            f"got {self.algorithm!r}")
+        if self.consensus_every < 0:
+            raise UserError(f"gossip.consensus_every must be >= 0, got {self.consensus_every}")
+
+
+TOPOLOGIES = ("ring", "torus", "exp2", "one_peer_exp", "star", "fully_connected")
+GOSSIP_ALGORITHMS = ("dpsgd", "dpsgd_atc", "adpsgd")
+
+
+@dataclass
+class LocalConfig:
+    """parallel.sync = local: H steps alone, then the replicas are averaged (local SGD) or their
+    averaged pseudo-gradient drives an outer optimizer (DiLoCo)."""
+    steps: int = 4               # H: local steps between synchronisations
+    warmup_steps: int = 0        # post-local SGD: synchronise every step for the first K steps
+    outer: str = "average"       # average (local SGD) | diloco (outer Nesterov SGD on the pseudo-gradient)
+    outer_lr: float = 0.7        # diloco: outer learning rate
+    outer_momentum: float = 0.9  # diloco: outer Nesterov momentum (0: plain SGD)
+
+    def validate(self):
+        if self.steps < 1:
+            raise UserError(f"local.steps must be >= 1, got {self.steps}")
+        if self.warmup_steps < 0:
+            raise UserError(f"local.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.outer not in ("average", "diloco"):
+            raise UserError(f"local.outer must be average or diloco, got {self.outer!r}")
+        if self.outer_lr <= 0:
+            raise UserError(f"local.outer_lr must be > 0, got {self.outer_lr}")
+        if not 0 <= self.outer_momentum < 1:
+            raise UserError(f"local.outer_momentum must be in [0, 1), got {self.outer_momentum}")
 
 
 @dataclass
@@ -236,6 +303,9 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
 
     def validate(self):
         for f in fields(self):
