@@ -35,9 +35,15 @@ write_conf() {
     die "$CONF exists and was not written by this script; move it away first"
   fi
   mkdir -p "$SLURM_DIR"/{state,spool,log} /etc/slurm
+  # Job ids never repeat across restarts (the state is wiped at stop): MPICH names a step's shared-memory
+  # segment after its PMI job id ("3.0" -> /dev/shm/mpich_shm_c141a9dc_0), and a segment left behind
+  # by a killed step made the next step with that id hang in MPI_Init (seen in CI: after a fresh start
+  # the second job's first step, id 3.0, met a stale segment of an earlier run).
+  local first_job_id=$(( $(date +%s) % 50000000 + 1000 ))
   cat > "$CONF" <<CONF
 $MARK
 ClusterName=hpclm
+FirstJobId=$first_job_id
 SlurmctldHost=$NODE
 SlurmUser=root
 SlurmctldPort=6817
