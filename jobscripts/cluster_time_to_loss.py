@@ -15,9 +15,9 @@ import numpy as np
 
 from hpclm.timing.reader import read_run
 
-METHODS = ["none", "fp16", "topk", "powersgd", "onebit_adam"]
+METHODS = ["none", "fp16", "topk", "powersgd", "onebit_adam", "local16", "diloco16"]
 LABELS = {"none": "ring (uncompressed)", "fp16": "fp16", "topk": "top-k 1 %", "powersgd": "PowerSGD rank 4",
-          "onebit_adam": "1-bit Adam"}
+          "onebit_adam": "1-bit Adam", "local16": "local SGD H = 16", "diloco16": "DiLoCo H = 16"}
 
 
 def rate_bits(rate):
@@ -33,9 +33,10 @@ def curve(rec):
 
 
 def comm_share(rec):
-    """Median over steps of the rank-mean exposed communication fraction of the step."""
+    """Exposed communication over step time, rank means summed over the steps after the first (a
+    mean, not a median: local SGD communicates in one step of H)."""
     exposed = sum(rec.times[r] for r in ("comm", "comm_wait") if r in rec.times)
-    return float(np.median(exposed.mean(axis=1)[1:] / rec.per_rank["step_time"].mean(axis=1)[1:]))
+    return float(exposed.mean(axis=1)[1:].sum() / rec.per_rank["step_time"].mean(axis=1)[1:].sum())
 
 
 def main():
@@ -64,8 +65,8 @@ def main():
             hit = np.nonzero(loss <= target)[0]
             ttl = float(t[hit[0]]) if len(hit) else float("nan")
             base = ttl if method == "none" else base
-            step_s = float(np.median(rec.per_rank["step_time"].max(axis=1)[1:]))
-            mb = float(np.median(rec.per_rank["bytes_sent"].mean(axis=1)[1:])) / 1e6
+            step_s = float(np.mean(rec.per_rank["step_time"].max(axis=1)[1:]))
+            mb = float(np.mean(rec.per_rank["bytes_sent"].mean(axis=1)[1:])) / 1e6
             rows.append(dict(rate=rate, method=method, step_ms=round(step_s * 1e3, 1), sent_mb_per_step=round(mb, 3),
                              comm_share=round(comm_share(rec), 3), steps_to_target=int(steps[hit[0]]) if len(hit) else None,
                              time_to_target_s=round(ttl, 1), speedup_vs_ring=round(base / ttl, 2) if base and len(hit) else None,
@@ -76,7 +77,7 @@ def main():
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    head = ["rate", "method", "step ms", "MB sent/step/rank", "exposed comm share", "steps to target",
+    head = ["rate", "method", "mean step ms", "mean MB sent/step/rank", "exposed comm share", "steps to target",
             "time to target s", "speed-up vs ring", "final val loss", "run s"]
     lines = [f"target: validation loss {target:.4f} (uncompressed ring at {rates[0]}, step {target_step})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
