@@ -46,13 +46,17 @@ class PipelineOptimizer(DistributedOptimizer):
             self.engine.tie_gradients()
         self.sync.finish()
         with t.region("comm"):
-            norm = math.sqrt(self.pp.allreduce(stage_norm_squared(model)))
+            norm = self.global_norm()
         with t.region("optimizer"):
             clip = self.cfg.grad_clip
             if clip > 0 and norm > clip:
                 model.grad_flat *= clip / (norm + 1e-6)
             self.optimizer.step(model.flat, model.grad_flat, lr)
         return norm
+
+    def global_norm(self):
+        """The whole model's gradient norm: the stages' squares summed over the pipeline."""
+        return math.sqrt(self.pp.allreduce(stage_norm_squared(self.model)))
 
     def loss(self, model, idx, targets):
         """Forward only, stage by stage (blocking Send/Recv of the activation); the loss everywhere."""
