@@ -208,9 +208,6 @@ class ParallelConfig:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
         if self.sync in SYNCS_NOT_BUILT:
             raise UserError(f"parallel.sync={self.sync}: sync other than allreduce is not built yet for {self.sync}")
-        if self.sequence_parallel and self.pp > 1:
-            raise UserError("parallel.sequence_parallel with parallel.pp > 1 is not built yet: the stages "
-                            "exchange whole (B, T, C) activations")
         if self.schedule == "interleaved":
             raise UserError("parallel.schedule=interleaved is not built yet: the executor runs one model chunk "
                             "per stage (gpipe or 1f1b)")

@@ -124,6 +124,14 @@ class StageModel:
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0
 
+    def boundary_rows(self, n):
+        """Rows of the (n, C) activation that crosses the stage's boundaries: all n, or under
+        sequence parallelism this tp rank's block of them."""
+        if self.tensor is None:
+            return n
+        lo, hi = self.tensor.rows(n)
+        return hi - lo
+
     def num_params(self):
         """Parameters of this stage (the tied copy included)."""
         return self.layout.size

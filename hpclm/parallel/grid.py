@@ -34,7 +34,7 @@ from hpclm.parallel.build import stage_ranges
 from hpclm.parallel.optimizer import CheckpointState
 from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
 from hpclm.parallel.replicas import check_identical
-from hpclm.parallel.tensor import TensorNorm, build_tensor_model
+from hpclm.parallel.tensor import TensorNorm, build_tensor_model, sum_spans
 
 
 def build_grid_stage(cfg, groups, timer=None):
@@ -52,6 +52,13 @@ class GridOptimizer(PipelineOptimizer):
         self.tp = self.hooks.comm
         self.replicated = replicated_spans(model.layout, model.specs)
         self.norm = TensorNorm(self.tp, self.replicated)
+
+    def step(self, lr):
+        """Under sequence parallelism the replicated tensors' gradients are partial sums over this
+        rank's token rows: summed over the tp group first; then the pipeline's step."""
+        if self.hooks.sequence_parallel:
+            sum_spans(self.hooks, self.model.grad_flat, self.replicated)
+        return super().step(lr)
 
     def global_norm(self):
         model = self.model

@@ -63,7 +63,7 @@ class PipelineOptimizer(DistributedOptimizer):
         e, B, T = self.engine, *idx.shape
         x = idx
         if not e.first:
-            x = X.np.empty((B * T, model.cfg.n_embd), dtype=model.dtype)
+            x = e._buffer(B, T)
             self.pp.Recv([x, MPI.BYTE], e.rank - 1, CKPT_TAG + 1)
         out, _ = U.forward_units(model.units, model.resident, x, B, T, targets=targets if e.last else None,
                                  keep=False)

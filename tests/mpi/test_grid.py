@@ -1,7 +1,7 @@
 """The dp x tp x pp grid (hpclm.parallel.grid) in the training step: at P = 4 every layout
 (4x1x1, 2x2x1, 2x1x2, 1x2x2, 1x1x4) and at P = 8 2x2x2, built as `hpclm train` builds them, follow
 the single-process trajectory with the same global batch (float64, AdamW, clipping active, two
-micro-batches); a float32 trajectory at 1x2x2; the checkpoint is the single-process file and
+micro-batches), with sequence parallelism too wherever tp > 1; a float32 trajectory at 1x2x2; the checkpoint is the single-process file and
 resumes on another layout (1x2x2 -> 1x1x1 and back; 2x2x2 at P = 8); through `hpclm train` a
 grid run resumes at tp = pp = 1, and layouts that do not fit give one line on every rank."""
 import tempfile
@@ -28,13 +28,14 @@ TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16
 PATTERN = np.tile(np.random.default_rng(6).permutation(VOCAB), 150).astype(np.uint16)   # learnable
 
 
-def config(dp=1, tp=1, pp=1, steps=3, dtype="float64", tie=True, micro=2):
+def config(dp=1, tp=1, pp=1, steps=3, dtype="float64", tie=True, micro=2, sp=False):
     model = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=4, n_head=2, n_embd=16, tie_weights=tie)
     cfg = Config(model=model, optim=OptimConfig(name="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=1,
                                                 decay_steps=steps, grad_clip=0.05, weight_decay=0.1))
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype, cfg.train.seed = steps, BATCH, dtype, SEED
     cfg.comm.algorithm = "ring"
     cfg.parallel.dp, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.micro_batches = dp, tp, pp, micro
+    cfg.parallel.sequence_parallel = sp and tp > 1
     return cfg.validate()
 
 
@@ -111,11 +112,14 @@ def layouts(P):
     return [(4, 1, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2), (1, 1, 4)] if P == 4 else [(2, 2, 2)]
 
 
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
-def test_every_layout_equals_single_process(world, schedule):
+@pytest.mark.parametrize("schedule, sp", [("1f1b", False), ("gpipe", False), ("1f1b", True)])
+def test_every_layout_equals_single_process(world, schedule, sp):
+    """sp: with sequence parallelism wherever tp > 1 (the stages then exchange token-row blocks)."""
     ref_losses, ref = reference()
     for dp, tp, pp in layouts(world.Get_size()):
-        cfg = config(dp, tp, pp)
+        if sp and tp == 1:
+            continue
+        cfg = config(dp, tp, pp, sp=sp)
         cfg.parallel.schedule = schedule
         run = Run(world, cfg)
         try:
@@ -124,7 +128,7 @@ def test_every_layout_equals_single_process(world, schedule):
             run.strategy.check_replicas(3)
         finally:
             run.free()
-        name = f"{dp}x{tp}x{pp} {schedule}"
+        name = f"{dp}x{tp}x{pp} {schedule}" + (" sequence parallel" if sp else "")
         assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"{name}: losses {losses} vs {ref_losses}")
         assert_all(world, close_to_scale(params, ref), f"{name}: max |d| {np.abs(params - ref).max():.2e}")
 
@@ -214,7 +218,8 @@ def test_cli_grid_resumes_at_one_process_layout_and_bad_layouts(world, capsys):
     for sets, needle in ((["--set", "model.n_head=1"], "must divide model.n_head"),
                          (["--set", "model.n_layer=1"], "larger than model.n_layer"),
                          (["--set", "parallel.dp=2"], "world size"),
-                         (["--set", "parallel.sequence_parallel=true"], "sequence_parallel")):
+                         (["--set", "parallel.sequence_parallel=true", "--set", "model.block_size=15"],
+                          "sequence_parallel")):
         capsys.readouterr()
         rc = main(["train", "--out", str(root / "bad")] + common + grid + sets)
         err = capsys.readouterr().err
