@@ -133,6 +133,38 @@ def test_every_layout_equals_single_process(world, schedule, sp):
         assert_all(world, close_to_scale(params, ref), f"{name}: max |d| {np.abs(params - ref).max():.2e}")
 
 
+def test_bytes_per_group_equal_closed_form(world):
+    """One step at 1x2x2 (P = 4) or 2x2x2 (P = 8), MPI's collectives (an all-reduce of n elements
+    charged 2 (P-1)/P n): per micro-batch of N token rows the tp group all-reduces 4 (N, C) per
+    block of the rank's stage, the embedding's (N, C) on the first stage, the head's (N, C) and the
+    loss's (N,) max and (2, N) sums on the last; the pp group carries one (N, C) per micro-batch
+    each way; the tied wte's vocab shard is all-reduced once between the first and last stage; the
+    dp group all-reduces the stage shard once."""
+    dp, tp, pp = (1, 2, 2) if world.Get_size() == 4 else (2, 2, 2)
+    cfg = config(dp, tp, pp, steps=2)
+    cfg.comm.algorithm = "mpi"
+    run = Run(world, cfg)
+    try:
+        run.steps(0, 1)
+        collectives.counters.reset()
+        run.steps(1, 1)
+        moved = collectives.counters.by_group()
+        stage = run.model
+    finally:
+        run.free()
+    item, m, C = 8, cfg.parallel.micro_batches, cfg.model.n_embd
+    N = BATCH // (dp * m) * BLOCK
+    charge = lambda n, P: 2 * (P - 1) * n * item // P            # noqa: E731
+    first, last = stage.first == 0, stage.stop == cfg.model.n_layer + 2
+    blocks = sum(type(u).__name__ == "Block" for u in stage.units)
+    per_micro = [N * C] * (4 * blocks + first + last) + ([N, 2 * N] if last else [])
+    expect = {"tp": sum(charge(n, tp) for n in per_micro) * m, "pp": m * N * C * item,
+              "other": charge(stage.params["wte"].size, 2), "dp": charge(stage.layout.size, dp) if dp > 1 else 0}
+    for group, want in expect.items():
+        got = moved.get(group, {"bytes_sent": 0})["bytes_sent"]
+        assert_all(world, got == want, f"stage [{stage.first}, {stage.stop}) {group}: sent {got} vs {want}")
+
+
 def test_untied_head_on_the_grid(world):
     ref_losses, ref = reference(tie=False)
     dp, tp, pp = (1, 2, 2) if world.Get_size() == 4 else (2, 2, 2)
