@@ -116,6 +116,10 @@ def layouts(P):
 def test_every_layout_equals_single_process(world, schedule, sp):
     """sp: with sequence parallelism wherever tp > 1 (the stages then exchange token-row blocks)."""
     ref_losses, ref = reference()
+    trained = GPT(config().model, dtype="float64")
+    trained.flat[...] = ref
+    x, y = (np.stack([TOKENS[s + k:s + k + BLOCK] for s in (0, 100, 200, 300)]).astype(np.int64) for k in (0, 1))
+    ref_eval = trained.loss(x, y)
     for dp, tp, pp in layouts(world.Get_size()):
         if sp and tp == 1:
             continue
@@ -126,11 +130,13 @@ def test_every_layout_equals_single_process(world, schedule, sp):
             losses = run.steps(0, 3)
             params = run.full_params()
             run.strategy.check_replicas(3)
+            evaluated = run.strategy.loss(run.model, x, y)      # the evaluation's path: forward only
         finally:
             run.free()
         name = f"{dp}x{tp}x{pp} {schedule}" + (" sequence parallel" if sp else "")
         assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"{name}: losses {losses} vs {ref_losses}")
         assert_all(world, close_to_scale(params, ref), f"{name}: max |d| {np.abs(params - ref).max():.2e}")
+        assert_all(world, abs(evaluated - ref_eval) <= 1e-11 * ref_eval, f"{name}: eval loss {evaluated} vs {ref_eval}")
 
 
 def test_bytes_per_group_equal_closed_form(world):
