@@ -10,7 +10,10 @@ flat layout holds the parameters its units own, in the GPT's order; a stage that
 Head but not the Embedding keeps its own copy of wte after them (Megatron's word embeddings on
 the last stage), initialised like the first stage's, whose gradients the two stages sum
 (hpclm.parallel.pipeline) so that both copies stay equal. Initial values are the full GPT's, so a
-pipeline starts from exactly the single-process model. No MPI here.
+pipeline starts from exactly the single-process model. `StageModel.of(model, ...)` takes the stage
+of an already built model instead: of a tensor-parallel ShardedGPT it is the dp x tp x pp grid's
+stage (hpclm.parallel.grid), its tensors (the tied copy too) the tp rank's shards, its units the
+shard's vocab-parallel and tp-hooked ones. No MPI here.
 
 `balanced_ranges(cfg, stages)` cuts the units into stages of about equal parameter counts.
 """
