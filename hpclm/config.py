@@ -208,8 +208,6 @@ class ParallelConfig:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
         if self.sync in SYNCS_NOT_BUILT:
             raise UserError(f"parallel.sync={self.sync}: sync other than allreduce is not built yet for {self.sync}")
-        if self.tp > 1 and self.pp > 1:
-            raise UserError("parallel: tp > 1 together with pp > 1 (the 3-D grid) is not built yet")
         if self.schedule == "interleaved":
             raise UserError("parallel.schedule=interleaved is not built yet: the executor runs one model chunk "
                             "per stage (gpipe or 1f1b)")

@@ -104,7 +104,11 @@ def build_model(cfg, threads, groups, timer=None):
     """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
     parameter source, which the one-thread model takes (BLAS still uses the threads). With
     parallel.pp > 1: this rank's pipeline stage; with parallel.tp > 1: this rank's shard
-    (parallel/tensor.py), one thread (its collectives are MPI calls)."""
+    (parallel/tensor.py), one thread (its collectives are MPI calls); with both: the stage of the
+    shard (parallel/grid.py)."""
+    if cfg.parallel.pp > 1 and cfg.parallel.tp > 1:
+        from hpclm.parallel.grid import build_grid_stage
+        return build_grid_stage(cfg, groups, timer)
     if cfg.parallel.pp > 1:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
         return StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)

@@ -149,13 +149,14 @@ def shard_flat(full_flat, full_layout, local_layout, specs):
 
 
 def unshard_flat(local_flats, full_layout, local_layout, specs_by_rank):
-    """Every rank's flat shard (rank order) -> the full flat host array (replicated tensors from rank 0)."""
+    """Every rank's flat shard (rank order) -> the full flat host array (replicated tensors from rank 0).
+    The local layout names the tensors (a pipeline stage's, or all); full_layout holds them unsharded."""
     out = numpy.zeros(full_layout.size, dtype=numpy.asarray(local_flats[0]).dtype)
     full = full_layout.views(out)
     for rank in reversed(range(len(local_flats))):             # rank 0 written last: its replicas win
         local = local_layout.views(numpy.asarray(local_flats[rank]))
-        for name, view in full.items():
-            place_tensor(view, local[name], specs_by_rank[rank][name])
+        for name, part in local.items():
+            place_tensor(full[name], part, specs_by_rank[rank][name])
     return out
 
 

@@ -14,6 +14,8 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
       compress.warmup_steps > 0       Warmup: AllReduceSync for those steps, then the above
     a tensor-parallel model           TensorParallel (parallel/tensor.py) around the above (plain
                                       all-reduce or ZeRO-1 over the dp group, on the rank's shard)
+    parallel.pp > 1                   PipelineOptimizer (parallel/pipeline_optimizer.py) on the rank's
+                                      stage; a stage of a tp shard: GridOptimizer (parallel/grid.py)
 """
 from hpclm import compress
 from hpclm.compress.base import AGGREGATE_LOW_RANK
@@ -62,7 +64,12 @@ def build_strategy(cfg, group, model, timer=None, pp_group=None):
     rank's pipeline `pp_group`; `model` is then its StageModel). A tensor-parallel shard (model.tensor
     set) gets the dp strategy wrapped in parallel.tensor's. UserError for a bad combination."""
     if cfg.parallel.pp > 1:
-        from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
+        if getattr(model, "tensor", None) is not None:          # a stage of a tp shard: the 3-D grid
+            from hpclm.parallel.grid import GridOptimizer as PipelineOptimizer
+            from hpclm.parallel.tensor import check_tensor_config
+            check_tensor_config(cfg)
+        else:
+            from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
         return PipelineOptimizer(model, build_optimizer(cfg.optim, model), build_grad_sync(cfg, group, model, timer),
                                  cfg.optim, pp_group, cfg.parallel.schedule, cfg.parallel.micro_batches,
                                  stage_ranges(cfg), timer)

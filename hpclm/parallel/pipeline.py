@@ -45,7 +45,8 @@ class PipelineEngine:
         self.embedding_group = pp_comm.Split(color, self.rank)     # first and last stage (tied wte)
 
     def _buffer(self, B, T):
-        return X.np.empty((B * T, self.model.cfg.n_embd), dtype=self.model.dtype)   # (N, C)
+        rows = self.model.boundary_rows(B * T)              # N, or a sequence-parallel block of it
+        return X.np.empty((rows, self.model.cfg.n_embd), dtype=self.model.dtype)   # (N, C)
 
     def run(self, batches, B, T, timer=None):
         """Run this stage's ops for the step; returns the mean loss on the last stage, NaN elsewhere."""

@@ -46,7 +46,7 @@ class PipelineOptimizer(DistributedOptimizer):
             self.engine.tie_gradients()
         self.sync.finish()
         with t.region("comm"):
-            norm = math.sqrt(self.pp.allreduce(stage_norm_squared(model)))
+            norm = self.global_norm()
         with t.region("optimizer"):
             clip = self.cfg.grad_clip
             if clip > 0 and norm > clip:
@@ -54,12 +54,16 @@ class PipelineOptimizer(DistributedOptimizer):
             self.optimizer.step(model.flat, model.grad_flat, lr)
         return norm
 
+    def global_norm(self):
+        """The whole model's gradient norm: the stages' squares summed over the pipeline."""
+        return math.sqrt(self.pp.allreduce(stage_norm_squared(self.model)))
+
     def loss(self, model, idx, targets):
         """Forward only, stage by stage (blocking Send/Recv of the activation); the loss everywhere."""
         e, B, T = self.engine, *idx.shape
         x = idx
         if not e.first:
-            x = X.np.empty((B * T, model.cfg.n_embd), dtype=model.dtype)
+            x = e._buffer(B, T)
             self.pp.Recv([x, MPI.BYTE], e.rank - 1, CKPT_TAG + 1)
         out, _ = U.forward_units(model.units, model.resident, x, B, T, targets=targets if e.last else None,
                                  keep=False)

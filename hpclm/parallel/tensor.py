@@ -156,6 +156,18 @@ def check_tensor_config(cfg):
                         "tensor parallelism so far")
 
 
+def sum_spans(hooks, flat, spans):
+    """flat[a:b] for every (a, b) in spans summed over the tp group (one all-reduce), in place."""
+    if not spans:
+        return
+    xp = X.array_module(flat)
+    summed = hooks.all_reduce(xp.concatenate([flat[a:b] for a, b in spans]))
+    at = 0
+    for a, b in spans:
+        flat[a:b] = summed[at:at + b - a]
+        at += b - a
+
+
 class TensorNorm:
     """The global gradient norm of a tp-sharded model: a rank's sharded elements count once, its
     replicated ones (equal on every tp rank) 1/tp each, summed over the tp group."""
@@ -220,15 +232,7 @@ class TensorParallel:
             return inner
 
         def ready(offset):
-            spans = self._partial[offset]
-            if spans:
-                grad = self.model.grad_flat
-                xp = X.array_module(grad)
-                summed = self.hooks.all_reduce(xp.concatenate([grad[a:b] for a, b in spans]))
-                at = 0
-                for a, b in spans:
-                    grad[a:b] = summed[at:at + b - a]
-                    at += b - a
+            sum_spans(self.hooks, self.model.grad_flat, self._partial[offset])
             if inner is not None:
                 inner(offset)
         return ready

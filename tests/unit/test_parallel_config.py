@@ -31,7 +31,7 @@ def cache(tmp_path_factory):
     (["parallel.pp=5"], "larger than model.n_layer"),
     (["parallel.tp=2"], "world size 1 is not divisible by tp*pp = 2*1"),
     (["parallel.tp=4"], "parallel.tp=4 must divide model.n_head=2"),
-    (["parallel.tp=2", "parallel.pp=2"], "the 3-D grid) is not built yet"),
+    (["parallel.tp=2", "parallel.pp=2", "model.n_layer=2"], "world size 1 is not divisible by tp*pp = 2*2"),
     (["parallel.dp=3"], "world size 1 != dp*tp*pp"),
     (["parallel.schedule=zigzag"], "parallel.schedule must be one of"),
     (["compress.rank=2"], "compress.rank is now called compress.powersgd_rank"),

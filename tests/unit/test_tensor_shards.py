@@ -87,3 +87,34 @@ def test_tp_not_dividing_the_heads_is_one_message():
     cfg.parallel.tp, cfg.parallel.sequence_parallel, cfg.model.block_size = 4, True, 6
     with pytest.raises(UserError, match="sequence_parallel needs parallel.tp=4 to divide model.block_size=6"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("tp", [2, 3])
+@pytest.mark.parametrize("tie", [True, False])
+def test_pipeline_stage_of_a_shard(tp, tie):
+    """StageModel.of a ShardedGPT (the grid's stage): its tensors are the rank's shards of the full
+    model's (the tied wte copy on the last stage the same vocab shard); slicing the full flat to the
+    stage shard (restore) and unsharding the ranks' stages to the stage layout (checkpoint) are the
+    maps the grid's checkpoints use, exact inverses of each other."""
+    from hpclm.model.stage import StageModel, balanced_ranges, full_offsets, stage_layout
+    cfg = ModelConfig(**{**CFG.__dict__, "n_layer": 3, "tie_weights": tie})
+    full = GPT(cfg, seed=5, dtype="float64")
+    for first, stop in balanced_ranges(cfg, 2):
+        plain = StageModel(cfg, first, stop, seed=5, dtype="float64")
+        assert np.array_equal(StageModel.of(full, first, stop).flat, plain.flat)
+        layout, tied = stage_layout(cfg, first, stop)
+        stages = [StageModel.of(ShardedGPT(cfg, tp, r, Alone(), seed=5, dtype="float64"), first, stop)
+                  for r in range(tp)]
+        assert [s.name for s in stages[0].layout.slots] == [s.name for s in layout.slots]
+        assert stages[0].tied_copy == tied == (tie and first > 0)
+        for r, stage in enumerate(stages):
+            sliced = shard_flat(plain.flat, layout, stage.layout, stage.specs)
+            assert np.array_equal(sliced, stage.flat)
+            if tied:
+                lo, _, n_real = vocab_range(cfg.vocab_size, tp, r)
+                assert np.array_equal(stage.params["wte"][:n_real], full.params["wte"][lo:lo + n_real])
+        specs = [shard_specs(cfg, tp, r) for r in range(tp)]
+        whole = unshard_flat([s.flat for s in stages], layout, stages[0].layout, specs)
+        assert np.array_equal(whole, plain.flat)
+        for mine, theirs, n in full_offsets(cfg, layout, tied):
+            assert np.array_equal(whole[mine:mine + n], full.flat[theirs:theirs + n])
