@@ -223,7 +223,7 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
-SYNCS_NOT_BUILT = ("ps", "gossip", "local")
+SYNCS_NOT_BUILT = ("ps", "gossip")
 
 
 @dataclass
@@ -291,6 +291,18 @@ class LocalConfig:
         if not 0 <= self.outer_momentum < 1:
             raise UserError(f"local.outer_momentum must be in [0, 1), got {self.outer_momentum}")
 
+    def check_combination(self, cfg):
+        """UserError for what parallel.sync = local does not run with."""
+        p, c = cfg.parallel, cfg.compress
+        for what, used in (("parallel.zero", p.zero), ("parallel.tp > 1", p.tp > 1), ("parallel.pp > 1", p.pp > 1),
+                           ("compress.onebit_adam", c.onebit_adam),
+                           ("compress.warmup_steps (local.warmup_steps is its warm-up)", c.warmup_steps)):
+            if used:
+                raise UserError(f"parallel.sync=local does not run with {what}")
+        if c.name != "none" and self.outer != "diloco":
+            raise UserError(f"parallel.sync=local compresses DiLoCo's pseudo-gradient only: compress.name={c.name} "
+                            f"needs local.outer=diloco (outer_lr=1, outer_momentum=0 is local SGD)")
+
 
 @dataclass
 class Config:
@@ -326,6 +338,8 @@ class Config:
             if self.parallel.sequence_parallel and self.model.block_size % self.parallel.tp:
                 raise UserError(f"parallel.sequence_parallel needs parallel.tp={self.parallel.tp} to divide "
                                 f"model.block_size={self.model.block_size}")
+        if p.sync == "local":
+            self.local.check_combination(self)
         if self.parallel.zero and self.compress.name != "none":
             raise UserError(f"parallel.zero={self.parallel.zero} with compress.name={self.compress.name!r}: "
                             "ZeRO shards uncompressed gradients; use one or the other")

@@ -12,6 +12,8 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
                                       configured) + the exchange compress.exchange picks, or the
                                       1-bit all-reduce (ef_sign by default)
       compress.warmup_steps > 0       Warmup: AllReduceSync for those steps, then the above
+    parallel.sync = local             LocalSGD (parallel/local.py): local SGD or DiLoCo, the
+                                      pseudo-gradient through the compress.name codec
     a tensor-parallel model           TensorParallel (parallel/tensor.py) around the above (plain
                                       all-reduce or ZeRO-1 over the dp group, on the rank's shard)
     parallel.pp > 1                   PipelineOptimizer (parallel/pipeline_optimizer.py) on the rank's
@@ -50,13 +52,18 @@ def build_grad_sync(cfg, group, model, timer=None):
     if prototype.aggregate == AGGREGATE_LOW_RANK:
         after = PowerSGDSync(group, model.grad_flat, model.layout, cfg.comm, c, grad_scale=scale, timer=timer)
     else:
-        exchange = exchange_of(prototype, c.exchange)
-        if exchange == "onebit":
-            make = lambda n, dtype: OneBitAllreduce(n, world, dtype)  # noqa: E731
-        else:
-            make = lambda n, dtype: Compressed(build_with_memory(c, n, dtype, rank=rank), exchange)  # noqa: E731
-        after = CompressedSync(group, model.grad_flat, cfg.comm, make, grad_scale=scale, timer=timer)
+        after = CompressedSync(group, model.grad_flat, cfg.comm, codec_maker(c, prototype, rank, world),
+                               grad_scale=scale, timer=timer)
     return Warmup(plain(), after, c.warmup_steps) if c.warmup_steps else after
+
+
+def codec_maker(c, prototype, rank, world):
+    """make(n, dtype) -> one n-element codec of compress section `c` (`prototype` its compressor):
+    error feedback (as configured) + the exchange compress.exchange picks, or the 1-bit all-reduce."""
+    exchange = exchange_of(prototype, c.exchange)
+    if exchange == "onebit":
+        return lambda n, dtype: OneBitAllreduce(n, world, dtype)
+    return lambda n, dtype: Compressed(build_with_memory(c, n, dtype, rank=rank), exchange)
 
 
 def build_strategy(cfg, group, model, timer=None, pp_group=None):
@@ -85,9 +92,21 @@ def _data_parallel(cfg, group, model, timer):
     if cfg.parallel.zero:
         from hpclm.parallel.zero import build_zero
         return build_zero(cfg, group, model, timer)
+    if cfg.parallel.sync == "local":
+        from hpclm.parallel.local import build_local
+        return build_local(cfg, group, model, timer, _pseudo_gradient_codec(cfg, group))
     optimizer = build_optimizer(cfg.optim, model)
     if cfg.compress.onebit_adam:
         check_config(cfg)
         sync = AllReduceSync(group, model.grad_flat, cfg.comm, grad_scale=1.0 / cfg.micro_batches(), timer=timer)
         return OneBitAdam(model, optimizer, sync, cfg.optim, cfg.compress.warmup_steps, timer)
     return DistributedOptimizer(model, optimizer, build_grad_sync(cfg, group, model, timer), cfg.optim, timer)
+
+
+def _pseudo_gradient_codec(cfg, group):
+    """DiLoCo's pseudo-gradient codec maker for compress.name (None: plain all-reduce)."""
+    c = cfg.compress
+    if c.name == "none":
+        return None
+    rank, world = (0, 1) if group is None else (group.Get_rank(), group.Get_size())
+    return codec_maker(c, compress.build(c, rank=rank), rank, world)
