@@ -12,7 +12,8 @@ the bytes are counted by hpclm.comm's Wire under the dp group ("gossip": degree 
 AD-PSGD. After its local step a rank averages with one neighbour (the topology's out-neighbours in
 turn): x_i, x_j <- (x_i + x_j) / 2, applied as x_i += (x_j' - x_i') / 2 from the two snapshots x_i',
 x_j' exchanged, so an update made meanwhile is kept and the pair's sum (hence the mean of all
-models) is conserved exactly. The exchange runs on a per-rank *communication thread* over a private
+models) is conserved exactly. Two requests that cross (i asks j while j asks i) average once, from
+the two requests' snapshots, on both ends (else each end would apply both and the pair would swap). The exchange runs on a per-rank *communication thread* over a private
 duplicate of the dp communicator: the training thread hands it a request and carries on, and the
 thread also answers every peer's request at once, so a fast rank never waits for a slow rank's
 computation (only for its thread, which holds the parameter lock for one vector update). MPI
@@ -47,6 +48,7 @@ from hpclm.parallel.topology import build_topology
 
 KEY = "gossip"
 TAG_REQUEST, TAG_REPLY = 0x6701, 0x6702
+CROSSED = 1             # header of a reply to a request that crossed the replier's own
 POLL_S = 2e-4            # the communication thread's sleep when nothing arrived
 
 
@@ -107,13 +109,14 @@ class PairwiseGossip:
         if self.error is not None:
             raise self.error
 
-    def _snapshot(self):
+    def _snapshot(self, header=0):
+        """[x_i, header] (G + 1,): the model and one counter for the peer."""
         with self.lock:
-            return self.flat.copy()
+            return np.append(self.flat, self.flat.dtype.type(header))
 
     def _apply_half_difference(self, theirs, mine):
         with self.lock:
-            self.flat += 0.5 * (theirs - mine)          # (G,)
+            self.flat += 0.5 * (theirs[:-1] - mine[:-1])          # (G,)
 
     def _serve(self):
         try:
@@ -122,12 +125,26 @@ class PairwiseGossip:
             self.error = exc
 
     def _loop(self):
+        """Requests carry how many of the peer's requests this rank has answered, so a request
+        from the peer this rank is waiting on tells apart a crossing (the peer has not answered
+        ours) from a new request sent after answering (its reply is then on the way: finish first).
+        A reply marked CROSSED says the peer averaged from our request and its own: this rank then
+        does the same when the peer's request arrives, and ignores the reply's content."""
         comm, wire = self.comm, Wire(self.comm, KEY)
-        incoming, reply_buf = np.empty_like(self.flat), np.empty_like(self.flat)
+        G = self.flat.size
+        incoming, reply = np.empty(G + 1, self.flat.dtype), np.empty(G + 1, self.flat.dtype)
+        answered, asked = {}, {}                        # peer -> requests of theirs answered / of ours sent
         status = MPI.Status()
         listen = comm.Irecv([incoming, MPI.BYTE], MPI.ANY_SOURCE, TAG_REQUEST)
-        active = None                                   # (reply request, my snapshot, send request)
+        active = None        # [reply request, my snapshot, send request, peer, crossed, reply arrived]
         barrier = None
+
+        def finish(active):
+            active[2].Wait()
+            if not active[4]:
+                self._apply_half_difference(reply, active[1])
+            self.exchanges += 1
+
         while True:
             busy = False
             if active is None and barrier is None:
@@ -136,26 +153,41 @@ class PairwiseGossip:
                 except queue.Empty:
                     peer = None
                 if peer is not None:
-                    mine = self._snapshot()
-                    got = comm.Irecv([reply_buf, MPI.BYTE], peer, TAG_REPLY)   # posted before the request
+                    mine = self._snapshot(answered.get(peer, 0))
+                    got = comm.Irecv([reply, MPI.BYTE], peer, TAG_REPLY)    # posted before the request
                     sent = comm.Isend([mine, MPI.BYTE], peer, TAG_REQUEST)
+                    asked[peer] = asked.get(peer, 0) + 1
                     wire.charge(mine.nbytes, mine.nbytes)
-                    active, busy = (got, mine, sent), True
+                    active, busy = [got, mine, sent, peer, False, False], True
                 elif self._stop.is_set():
                     barrier = comm.Ibarrier()
+            if active is not None and not active[5] and active[0].Test():
+                active[5], busy = True, True
+                if active[4] or reply[-1] != CROSSED:   # else the peer crossed: its request is on the way
+                    finish(active)
+                    active = None
             if listen.Test(status):                     # a peer's model: answer with ours, average
                 source = status.Get_source()
-                mine = self._snapshot()
+                crossing = active is not None and active[3] == source
+                if crossing and int(incoming[-1]) == asked[source]:   # it answered ours before asking
+                    if not active[5]:
+                        active[0].Wait()
+                    finish(active)
+                    active, crossing = None, False
+                mine = self._snapshot(CROSSED if crossing else 0)
                 comm.Send([mine, MPI.BYTE], source, TAG_REPLY)  # its reply receive is already posted
+                answered[source] = answered.get(source, 0) + 1
                 wire.charge(mine.nbytes, mine.nbytes)
-                self._apply_half_difference(incoming, mine)
+                if crossing:                            # both asked at once: average once, on both ends,
+                    active[4] = True                    # from the two requests' snapshots
+                    self._apply_half_difference(incoming, active[1])
+                    if active[5]:
+                        finish(active)
+                        active = None
+                else:
+                    self._apply_half_difference(incoming, mine)
                 listen = comm.Irecv([incoming, MPI.BYTE], MPI.ANY_SOURCE, TAG_REQUEST)
                 busy = True
-            if active is not None and active[0].Test():
-                active[2].Wait()
-                self._apply_half_difference(reply_buf, active[1])
-                self.exchanges += 1
-                active, busy = None, True
             if barrier is not None and barrier.Test():
                 break
             if not busy:
