@@ -223,7 +223,7 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
-SYNCS_NOT_BUILT = ("ps", "gossip")
+SYNCS_NOT_BUILT = ("ps",)
 
 
 @dataclass
@@ -332,6 +332,10 @@ class Config:
             raise UserError("with parallel.pp > 1 use parallel.micro_batches, not train.grad_accum")
         if p.pp > 1 and self.compress.onebit_adam:
             raise UserError("compress.onebit_adam with parallel.pp > 1 is not built yet")
+        if p.sync == "gossip" and (p.tp > 1 or p.pp > 1 or p.zero or self.compress.name != "none"
+                                   or self.compress.onebit_adam or self.train.device != "cpu"):
+            raise UserError("parallel.sync=gossip averages whole models on the host: it needs parallel.tp = 1, "
+                            "parallel.pp = 1, parallel.zero = 0, compress.name = none and train.device = cpu")
         if self.parallel.tp > 1:                               # tensor parallelism splits heads and the MLP
             from hpclm.model.tensor_parallel import check_divisible
             check_divisible(self.model, self.parallel.tp)

@@ -259,7 +259,8 @@ def setup(args, world):
     regions = ("tp_comm",) if lay.tp > 1 else ()          # the tensor-parallel collectives (parallel/tensor.py)
     recorder = Recorder(cfg.train.out_dir, world if size > 1 else None, meta, regions=regions,
                         flush_every=cfg.train.timing_flush,
-                        enabled=cfg.train.timing, file_name=record_name)
+                        enabled=cfg.train.timing, file_name=record_name,
+                        metrics=strategy.metric_names, eval_metrics=strategy.eval_metric_names)
     return Session(world, rank, size, groups, cfg, data, model, strategy, sampler, timer, recorder, rng,
                    val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,
                    versions=library_versions)
@@ -341,9 +342,11 @@ def train_steps(s, stop):
         want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
-                val_loss = evaluate(s.strategy, s.model, s.data.val, s.val_offsets, cfg.model.block_size, dp)
-            s.recorder.log_eval(step, val_loss, global_loss)
-            progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}")
+                val_loss, spread = s.strategy.evaluate(lambda group: evaluate(
+                    s.strategy, s.model, s.data.val, s.val_offsets, cfg.model.block_size, group), dp)
+            s.recorder.log_eval(step, val_loss, global_loss, spread)
+            progress.message(f"step {step + 1}: val loss {val_loss:.4f}, train loss {global_loss:.4f}"
+                             + "".join(f", {name} {value:.4f}" for name, value in spread.items()))
         moved = bytes_moved(before, collectives.counters.by_group())
         window_tokens += tokens_per_step
         if log_now:
@@ -358,11 +361,12 @@ def train_steps(s, stop):
         s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
                             bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
                             tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
-                            memory=s.strategy.memory())
+                            memory=s.strategy.memory(), metrics=s.strategy.step_metrics())
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
             break
     save_checkpoint(s, step + 1)
+    s.strategy.close()
     if cfg.train.trace:
         s.recorder.write_trace(timer)
     s.recorder.close()

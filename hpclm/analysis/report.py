@@ -6,6 +6,8 @@ hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy pe
 """
 from pathlib import Path
 
+import numpy as np
+
 from hpclm.analysis import metrics
 from hpclm.errors import UserError
 from hpclm.timing.reader import read_run
@@ -56,6 +58,7 @@ def format_run(summary, record):
         lines.append(f"  tensor-parallel communication (tp_comm, inside forward/backward): {share:.1%} of the step")
     lines.append(f"  throughput {s.tokens_per_s:,.1f} tokens/s   final loss {s.final_loss:.4f}"
                  f"   last validation loss {s.final_val_loss:.4f}")
+    lines += decentralized_lines(record)
     ratio = f", compression ratio {s.compression_ratio:.2f}x" if s.compression_ratio else ""
     lines.append(f"  per step per rank: sent {megabytes(s.bytes_sent)}, received {megabytes(s.bytes_recv)}{ratio}")
     if s.group_bytes_sent:
@@ -69,6 +72,23 @@ def format_run(summary, record):
     else:
         lines.append(f"  stragglers: none (no rank > {metrics.STRAGGLER_THRESHOLD:.0%} above the median step time)")
     return "\n".join(lines)
+
+
+def decentralized_lines(record):
+    """Lines for replicas that differ (gossip): the consensus distance and the per-rank val-loss spread."""
+    lines = []
+    consensus = record.metrics.get("consensus")
+    if consensus is not None and np.isfinite(consensus).any():
+        measured = np.isfinite(consensus).all(axis=1)
+        mean = consensus[measured].mean(axis=1)                  # (measurements,) mean over ranks
+        steps = record.step[measured]
+        lines.append(f"  consensus distance (mean over ranks of |x_i - x_mean|^2): {mean[0]:.3e} at step "
+                     f"{steps[0] + 1}, {mean[-1]:.3e} at step {steps[-1] + 1} ({len(mean)} measurements)")
+    low, high = record.evals.get("val_loss_min"), record.evals.get("val_loss_max")
+    if low is not None and len(low):
+        lines.append(f"  last evaluation: val loss of the mean model {record.evals['val_loss'][-1]:.4f}, "
+                     f"of the ranks' own models {low[-1]:.4f} .. {high[-1]:.4f}")
+    return lines
 
 
 def format_comparison(summaries):

@@ -3,6 +3,7 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
 
     strategy = build_strategy(cfg, groups.dp, model, timer)    # a parallel.optimizer.DistributedOptimizer
 
+    parallel.sync gossip              GossipOptimizer (parallel/gossip.py): neighbour averaging on [gossip].topology
     parallel.zero 1-3                 ZeroOptimizer (parallel/zero.py) over the dp group
     compress.onebit_adam              OneBitAdam: plain all-reduce warm-up, then the momentum in 1 bit
     otherwise                         DistributedOptimizer with the gradient sync of `build_grad_sync`:
@@ -89,6 +90,9 @@ def build_strategy(cfg, group, model, timer=None, pp_group=None):
 
 def _data_parallel(cfg, group, model, timer):
     """The data-parallel strategy of a whole (or tensor-sharded) model over the dp `group`."""
+    if cfg.parallel.sync == "gossip":
+        from hpclm.parallel.gossip import build_gossip
+        return build_gossip(cfg, group, model, timer)
     if cfg.parallel.zero:
         from hpclm.parallel.zero import build_zero
         return build_zero(cfg, group, model, timer)

@@ -9,6 +9,9 @@
     opt.loss(model, idx, targets)               # evaluation loss (no gradients)
     opt.checkpoint() / opt.restore(ckpt, step)  # collective: full parameters, optimizer state, sync state
     opt.check_replicas(step)                    # stop if replicas that must agree do not
+    opt.evaluate(run, group)                    # (val loss, {eval_metric_names: value}); run(group) evaluates
+    opt.step_metrics()                          # {metric_names: value} of the last step (a record column each)
+    opt.close()                                 # collective, after the last checkpoint: stop helper threads
     opt.memory()                                # bytes this rank holds, by kind, from the arrays themselves
 
 `DistributedOptimizer` here is replicated data parallelism (ZeRO stage 0): every rank of the dp
@@ -43,6 +46,8 @@ def nbytes(*arrays):
 class DistributedOptimizer:
     source = None
     tensor_norm = None      # parallel/tensor.py TensorNorm when the model is a tp shard: the norm over the tp group
+    metric_names = ()       # per-rank record columns step_metrics() fills (parallel/gossip.py: consensus)
+    eval_metric_names = ()  # evaluation record columns evaluate() fills beyond val_loss
 
     def __init__(self, model, optimizer, sync, optim_cfg, timer=None):
         self.model, self.optimizer, self.sync, self.cfg = model, optimizer, sync, optim_cfg
@@ -105,6 +110,16 @@ class DistributedOptimizer:
 
     def check_replicas(self, step):
         check_identical(self.group, self.model.flat, step)
+
+    def evaluate(self, run, group):
+        """(validation loss, {}): `run(group)` is the loss over the evaluation rows sharded across `group`."""
+        return run(group), {}
+
+    def step_metrics(self):
+        return {}
+
+    def close(self):
+        pass
 
     # ------------------------------------------------------------------------ memory
     def memory(self):

@@ -33,9 +33,10 @@ class RunRecord:
     times: dict         # region -> (S, P) seconds
     per_rank: dict      # schema.RANK_FIELDS -> (S, P)
     per_step: dict      # schema.GLOBAL_FIELDS -> (S,)
-    evals: dict         # schema.EVAL_FIELDS -> (E,)
+    evals: dict         # schema.EVAL_FIELDS and any optional evaluation metric -> (E,)
     per_group: dict = field(default_factory=dict)   # group -> {schema.GROUP_FIELDS -> (S, P)}; {} for version 1
     memory: dict = field(default_factory=dict)      # schema.MEMORY_KINDS -> (S, P) bytes; {} for version 1
+    metrics: dict = field(default_factory=dict)     # optional per-rank metric (gossip: consensus) -> (S, P), NaN = not measured
     segments: tuple = ()  # ((start step, path, rows), ...) of the files merged into this record
 
     @property
@@ -157,7 +158,9 @@ def merge_segments(records, starts):
         path=records[0].path, meta=records[0].meta, step=joined(lambda r: r.step, keep), times=times,
         per_rank={n: joined(lambda r: r.per_rank[n], keep) for n in schema.RANK_FIELDS},
         per_step={n: joined(lambda r: r.per_step[n], keep) for n in schema.GLOBAL_FIELDS},
-        evals={n: joined(lambda r: r.evals[n], keep_eval) for n in schema.EVAL_FIELDS},
+        evals={n: joined(lambda r: r.evals[n], keep_eval) for n in records[0].evals if all(n in r.evals for r in records)},
+        metrics={n: joined(lambda r: r.metrics[n], keep) for n in records[0].metrics
+                 if all(n in r.metrics for r in records)},
         per_group={g: {n: joined(lambda r: r.per_group[g][n], keep) for n in schema.GROUP_FIELDS}
                    for g in schema.GROUPS if all(r.per_group for r in records)},
         memory={k: joined(lambda r: r.memory[k], keep) for k in schema.MEMORY_KINDS if all(r.memory for r in records)},
@@ -183,13 +186,16 @@ def _read_file(path):
                 + [rank_group[n] for n in schema.RANK_FIELDS + tuple(v2)] \
                 + [global_group[n] for n in schema.GLOBAL_FIELDS]
             n_steps = min(d.shape[0] for d in step_sets)
-            n_evals = min(eval_group[n].shape[0] for n in schema.EVAL_FIELDS)
+            eval_names = schema.EVAL_FIELDS + tuple(sorted(set(eval_group) - set(schema.EVAL_FIELDS)))
+            n_evals = min(eval_group[n].shape[0] for n in eval_names)
+            metric_group = f[schema.METRIC_GROUP] if schema.METRIC_GROUP in f else {}
             return RunRecord(
                 path=path, meta=meta, step=f[schema.STEP_PATH][:n_steps],
                 times=_read_group(f[schema.TIME_GROUP], regions, n_steps),
                 per_rank=_read_group(rank_group, schema.RANK_FIELDS, n_steps),
                 per_step=_read_group(global_group, schema.GLOBAL_FIELDS, n_steps),
-                evals=_read_group(eval_group, schema.EVAL_FIELDS, n_evals),
+                evals=_read_group(eval_group, eval_names, n_evals),
+                metrics={n: metric_group[n][:n_steps] for n in metric_group},
                 per_group={g: {n: rank_group[schema.group_column(g, n)][:n_steps] for n in schema.GROUP_FIELDS}
                            for g in schema.GROUPS if v2},
                 memory={k: rank_group[schema.memory_column(k)][:n_steps] for k in schema.MEMORY_KINDS if v2})

@@ -33,8 +33,11 @@ def node_local_ranks(hostnames):
 
 
 class Recorder:
-    def __init__(self, run_dir, comm, meta, regions=(), flush_every=10, enabled=True, file_name=schema.FILE_NAME):
-        """`regions`: extra region names beyond schema.REGIONS; `meta`: provenance attributes
+    def __init__(self, run_dir, comm, meta, regions=(), flush_every=10, enabled=True, file_name=schema.FILE_NAME,
+                 metrics=(), eval_metrics=()):
+        """`regions`: extra region names beyond schema.REGIONS; `metrics`: optional per-rank
+        measurement columns (log_step's `metrics`); `eval_metrics`: optional evaluation columns
+        (log_eval's `extra`); `meta`: provenance attributes
         (config_json, git_commit, versions_json, layout_json, ...); world size, host names,
         node-local ranks, start time and schema version are filled in here."""
         if flush_every < 1:
@@ -44,7 +47,8 @@ class Recorder:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self.regions = schema.region_columns(regions)
-        self.columns = schema.rank_columns(self.regions)
+        self.columns = schema.rank_columns(self.regions, metrics)
+        self.metrics, self.eval_metrics = tuple(metrics), tuple(eval_metrics)
         self._region_index = {r: i for i, r in enumerate(self.regions)}
         self._field_index = {f: i for i, f in enumerate(self.columns) if not f.startswith("time/")}
         self.flush_every = flush_every
@@ -63,7 +67,8 @@ class Recorder:
                              start_time=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                              hostnames_json=hostnames, node_local_rank_json=node_local_ranks(hostnames))
             os.makedirs(run_dir, exist_ok=True)
-            self._writer = TimingWriter(self.path, self.size, self.regions, full_meta, flush_every)
+            self._writer = TimingWriter(self.path, self.size, self.regions, full_meta, flush_every,
+                                        self.metrics, self.eval_metrics)
         if comm is not None:
             comm.Barrier()
         self.t0 = time.perf_counter()   # common time origin of all ranks (just after a barrier)
@@ -74,12 +79,13 @@ class Recorder:
 
     def log_step(self, step, region_times, *, step_time=None, bytes_sent=0, bytes_recv=0, bytes_by_group=None,
                  bytes_uncompressed=0, loss=math.nan, tokens=0, lr=math.nan, grad_norm=math.nan,
-                 global_loss=math.nan, memory=None):
+                 global_loss=math.nan, memory=None, metrics=None):
         """Buffer this rank's row of `step`. `region_times`: seconds per region (e.g.
         `timer.collect()`), absent regions count 0; `step_time` defaults to the time since the
         previous `log_step`. `bytes_by_group` {group: (sent, received)} (groups outside
         schema.GROUPS count as "other") fills the per-group columns, and then bytes_sent and
         bytes_recv are their sums. `memory` {kind: bytes} (schema.MEMORY_KINDS) what the rank holds.
+        `metrics` {name: value} of the declared metric columns measured this step (others: NaN).
         lr, grad_norm and global_loss are global: rank 0's are stored."""
         if not self.enabled:
             return
@@ -102,6 +108,8 @@ class Recorder:
                 bytes_sent, bytes_recv = bytes_sent + sent, bytes_recv + recv
         for kind, n in (memory or {}).items():
             row[fields[schema.memory_column(kind)]] = n
+        for name in self.metrics:
+            row[fields[schema.metric_column(name)]] = (metrics or {}).get(name, math.nan)
         row[fields["step_time"]] = now - self._last_step_end if step_time is None else step_time
         row[fields["bytes_sent"]] = bytes_sent
         row[fields["bytes_recv"]] = bytes_recv
@@ -130,10 +138,11 @@ class Recorder:
             self._writer.append_steps(self._steps[:n], received, self._globals[:n])
         self._filled = 0
 
-    def log_eval(self, step, val_loss, train_loss=math.nan):
-        """Append one evaluation (rank 0 writes; other ranks ignore the call)."""
+    def log_eval(self, step, val_loss, train_loss=math.nan, extra=None):
+        """Append one evaluation, with `extra` {name: value} of the declared eval_metrics (rank 0
+        writes; other ranks ignore the call)."""
         if self._writer is not None:
-            self._writer.append_eval(step, val_loss, train_loss)
+            self._writer.append_eval(step, val_loss, train_loss, extra)
 
     def write_trace(self, timer):
         """Collective: gather every rank's trace events to rank 0 and write RUN_DIR/trace.json.

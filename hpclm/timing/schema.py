@@ -14,7 +14,10 @@ stays readable up to its last flush; S = logged steps, P = world size, E = evalu
                                             activations (peak of the step), from its arrays (>= 2)
     /global/<field>        (S,)    float64  lr, grad_norm, loss (global mean),
                                             elapsed (seconds since the recorder started, rank 0)
-    /eval/<field>          (E,)             step (int64), val_loss, train_loss (float64)
+    /rank/metric/<name>    (S, P)  float64  optional per-rank measurements a strategy declares, NaN on
+                                            steps without one (gossip: consensus = ||x_i - x̄||^2)
+    /eval/<field>          (E,)             step (int64), val_loss, train_loss (float64), and optional
+                                            evaluation metrics a strategy declares (val_loss_min, ...)
     attributes of /                         schema_version (int), world_size (int),
                                             start_time (ISO 8601), config_json, git_commit,
                                             versions_json, hostnames_json (one per rank),
@@ -86,10 +89,18 @@ def group_column(group, field):
     return f"group/{group}/{field}"
 
 
-def rank_columns(regions):
-    """Column names of one rank's per-step row: ("time/<region>", ...), RANK_FIELDS, then the
-    per-group byte and the memory columns."""
-    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS + VERSION2_COLUMNS
+def rank_columns(regions, metrics=()):
+    """Column names of one rank's per-step row: ("time/<region>", ...), RANK_FIELDS, the
+    per-group byte and the memory columns, then the optional metric columns."""
+    return tuple(f"time/{r}" for r in regions) + RANK_FIELDS + VERSION2_COLUMNS + tuple(map(metric_column, metrics))
+
+
+def metric_column(name):
+    return f"{METRIC_PREFIX}{name}"
+
+
+METRIC_PREFIX = "metric/"
+METRIC_GROUP = "/rank/metric"
 
 
 def memory_column(kind):

@@ -28,10 +28,10 @@ def _append(dataset, rows):
 class TimingWriter:
     """Owns RUN_DIR/timing.h5 on rank 0: `append_steps` per flush, `append_eval` per evaluation."""
 
-    def __init__(self, path, world_size, regions, meta, chunk_rows):
+    def __init__(self, path, world_size, regions, meta, chunk_rows, metrics=(), eval_metrics=()):
         # Chunks of at most ~1 MiB however large the world: rows x P x 8 bytes.
         chunk_rows = max(1, min(chunk_rows, (1 << 20) // (8 * world_size)))
-        self.columns = schema.rank_columns(regions)
+        self.columns = schema.rank_columns(regions, metrics)
         self.file = h5py.File(path, "w", libver="latest")
         f = self.file
         f.attrs.update(schema.encode_meta(meta))
@@ -40,7 +40,8 @@ class TimingWriter:
         self.globals = [_appendable(f, f"{schema.GLOBAL_GROUP}/{g}", None, "f8", chunk_rows)
                         for g in schema.GLOBAL_FIELDS]
         self.evals = [_appendable(f, f"{schema.EVAL_GROUP}/{e}", None, "i8" if e == "step" else "f8", 16)
-                      for e in schema.EVAL_FIELDS]
+                      for e in schema.EVAL_FIELDS + tuple(eval_metrics)]
+        self.eval_metrics = tuple(eval_metrics)
         f.swmr_mode = True
 
     def append_steps(self, steps, rank_rows, global_rows):
@@ -52,8 +53,10 @@ class TimingWriter:
         _append(self.steps, steps)
         self.file.flush()
 
-    def append_eval(self, step, val_loss, train_loss):
-        for dataset, value in zip(self.evals, (step, val_loss, train_loss)):
+    def append_eval(self, step, val_loss, train_loss, extra=None):
+        extra = extra or {}
+        values = (step, val_loss, train_loss) + tuple(extra.get(n, np.nan) for n in self.eval_metrics)
+        for dataset, value in zip(self.evals, values):
             _append(dataset, np.asarray([value], dtype=dataset.dtype))
         self.file.flush()
 
