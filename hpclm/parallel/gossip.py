@@ -28,7 +28,8 @@ the gossip itself is off the critical path.
 
 Replicas differ: check_replicas is a no-op, a checkpoint's params are the average x̄ (so sample and
 resume at another world size work), each rank's own model and optimizer state go to /extra rows
-and come back when the world matches. Every gossip.consensus_every steps `step_metrics()` holds
+and come back when the world matches (a D-PSGD resume continues the run to round-off; AD-PSGD's
+pairings depend on timing, so its runs are not bitwise repeatable). Every gossip.consensus_every steps `step_metrics()` holds
 this rank's ||x_i - x̄||^2 (the record's mean over ranks is the consensus distance); evaluation
 reports the loss of x̄ and the min/max of the ranks' own losses. The measuring all-reduces use
 mpi4py directly and are not counted as training traffic.
