@@ -13,7 +13,8 @@ AD-PSGD. After its local step a rank averages with one neighbour (the topology's
 turn): x_i, x_j <- (x_i + x_j) / 2, applied as x_i += (x_j' - x_i') / 2 from the two snapshots x_i',
 x_j' exchanged, so an update made meanwhile is kept and the pair's sum (hence the mean of all
 models) is conserved exactly. Two requests that cross (i asks j while j asks i) average once, from
-the two requests' snapshots, on both ends (else each end would apply both and the pair would swap). The exchange runs on a per-rank *communication thread* over a private
+the two requests' snapshots, on both ends (else each end would apply both and the pair would swap).
+The exchange runs on a per-rank *communication thread* over a private
 duplicate of the dp communicator: the training thread hands it a request and carries on, and the
 thread also answers every peer's request at once, so a fast rank never waits for a slow rank's
 computation (only for its thread, which holds the parameter lock for one vector update). MPI
@@ -27,7 +28,8 @@ the gossip itself is off the critical path.
 
 Replicas differ: check_replicas is a no-op, a checkpoint's params are the average x̄ (so sample and
 resume at another world size work), each rank's own model and optimizer state go to /extra rows
-and come back when the world matches. Every gossip.consensus_every steps `step_metrics()` holds
+and come back when the world matches (a D-PSGD resume continues the run to round-off; AD-PSGD's
+pairings depend on timing, so its runs are not bitwise repeatable). Every gossip.consensus_every steps `step_metrics()` holds
 this rank's ||x_i - x̄||^2 (the record's mean over ranks is the consensus distance); evaluation
 reports the loss of x̄ and the min/max of the ranks' own losses. The measuring all-reduces use
 mpi4py directly and are not counted as training traffic.
@@ -39,7 +41,6 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from hpclm import xp as X
 from hpclm.comm.wire import Wire
 from hpclm.optim import build_optimizer, clip_by_global_norm
 from hpclm.parallel.optimizer import _UNTIMED, CheckpointState, DistributedOptimizer
@@ -217,13 +218,8 @@ class GossipOptimizer(DistributedOptimizer):
         self.pairwise = None
         if gossip_cfg.algorithm == "adpsgd" and self.world > 1:
             self.lock = threading.Lock()
-            self.pairwise = PairwiseGossip(group, self._host_flat(), self.lock)
+            self.pairwise = PairwiseGossip(group, model.flat, self.lock)
             self.pairwise.start()
-
-    def _host_flat(self):
-        if X.device != "cpu":
-            raise NotImplementedError("gossip runs on host arrays (train.device=cpu)")
-        return self.model.flat
 
     def backward_hook(self, micro, n_micro):
         return None

@@ -24,6 +24,8 @@ MPI_SIZES = (2, 3, 4)
 VOCAB, BLOCK, SEED, STEPS = 29, 16, 11, 3
 MODEL = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
 TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16)
+_ZIPF = 1.0 / np.arange(1, VOCAB + 1)
+SKEWED = np.random.default_rng(6).choice(VOCAB, size=4000, p=_ZIPF / _ZIPF.sum()).astype(np.uint16)  # learnable
 
 
 def dp_group(world):
@@ -51,7 +53,7 @@ def test_neighbour_allreduce_equals_W_times_X(world, name):
     group.Free()
 
 
-def run(comm, sets, steps=STEPS, slow_rank=None, sleep=0.0):
+def run(comm, sets, steps=STEPS, slow_rank=None, sleep=0.0, tokens=TOKENS):
     """`steps` train_steps of the strategy for `sets` (config overrides); (strategy, seconds in the loop)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     cfg = Config(model=MODEL, optim=OptimConfig(name="sgd", lr=0.5, min_lr=0.5, warmup_steps=0, grad_clip=0.0))
@@ -62,7 +64,7 @@ def run(comm, sets, steps=STEPS, slow_rank=None, sleep=0.0):
     model = GPT(MODEL, seed=SEED, dtype="float64")
     strategy = build_strategy(cfg, comm, model)
     session = SimpleNamespace(cfg=cfg, model=model, timer=Timer(enabled=False), strategy=strategy,
-                              sampler=BatchSampler(TOKENS, BLOCK, 12, SEED, rank=rank, world=size))
+                              sampler=BatchSampler(tokens, BLOCK, 12, SEED, rank=rank, world=size))
     t0 = time.perf_counter()
     for step in range(steps):
         if rank == slow_rank:
@@ -126,7 +128,7 @@ def test_adpsgd_runs_ahead_of_a_slow_rank(world):
     step_s = max(group.allgather(run(group, [], steps=2)[1] / 2 + 0.01))       # a step's compute time
     strategy, loop_s = run(group, [("parallel", "sync", "gossip"), ("gossip", "algorithm", "adpsgd"),
                                    ("gossip", "consensus_every", 0)], steps=4, slow_rank=0,
-                           sleep=min(10 * step_s, 3.0))
+                           sleep=min(10 * step_s, 3.0), tokens=SKEWED)
     loss_before = GPT(MODEL, seed=SEED, dtype="float64").loss(*batch(rank))
     loss_after = strategy.model.loss(*batch(rank))
     strategy.close()                                                          # agreed point: waits for rank 0
@@ -139,4 +141,4 @@ def test_adpsgd_runs_ahead_of_a_slow_rank(world):
 
 def batch(rank):
     from hpclm.data import get_batch
-    return get_batch(TOKENS, BLOCK, np.arange(8) * 37 + rank)
+    return get_batch(SKEWED, BLOCK, np.arange(8) * 37 + rank)

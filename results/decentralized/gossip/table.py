@@ -1,7 +1,6 @@
 """table.txt of the gossip runs: final validation loss (x̄ and the ranks' spread), last consensus
 distance, measured dp bytes sent per rank per step next to degree x G and the ring all-reduce's
 2(P-1)/P x G (G = the model's bytes).  usage: table.py RUNS_DIR NAME..."""
-import json
 import sys
 from pathlib import Path
 
@@ -15,12 +14,10 @@ print(f"{'run':<13}{'val(x̄)':>9}{'val min..max':>16}{'consensus':>11}{'sent/ra
       f"{'degree*G':>11}{'ring AR 2(P-1)/P*G':>20}")
 for name in names:
     rec = read_run(runs / name)
-    cfg = json.loads(rec.meta["config_json"])
-    P = rec.world_size
-    G = float(rec.per_rank["bytes_uncompressed"][5:].max()) if cfg["gossip"]["algorithm"] != "adpsgd" else None
-    sent = rec.per_group["dp"]["bytes_sent"][5:].mean()       # over steps and ranks
+    cfg, P = rec.meta["config_json"], rec.world_size
+    sent = rec.per_group["dp"]["bytes_sent"][5:].mean()       # over steps (after 5 warm-up) and ranks
     degree = build_topology(cfg["gossip"]["topology"], P).degree()
-    model_bytes = rec.per_rank["bytes_uncompressed"][5:].max() / (2 if G is None else degree)
+    model_bytes = rec.memory["params"].max()                  # G
     consensus = rec.metrics["consensus"]
     measured = np.isfinite(consensus).all(axis=1)
     print(f"{name:<13}{rec.evals['val_loss'][-1]:>9.4f}{rec.evals['val_loss_min'][-1]:>8.4f}.."
