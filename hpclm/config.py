@@ -225,7 +225,7 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
-SYNCS_NOT_BUILT = ("ps", "gossip", "local")
+SYNCS_NOT_BUILT = ("gossip", "local")
 
 
 @dataclass

@@ -10,6 +10,7 @@
     opt.checkpoint() / opt.restore(ckpt, step)  # collective: full parameters, optimizer state, sync state
     opt.check_replicas(step)                    # stop if replicas that must agree do not
     opt.memory()                                # bytes this rank holds, by kind, from the arrays themselves
+    opt.close()                                 # the run is over (parameter servers: release them)
 
 `DistributedOptimizer` here is replicated data parallelism (ZeRO stage 0): every rank of the dp
 group holds all parameters, gradients and optimizer state, the gradient sync (hpclm.parallel.sync)
@@ -105,6 +106,9 @@ class DistributedOptimizer:
 
     def check_replicas(self, step):
         check_identical(self.group, self.model.flat, step)
+
+    def close(self):
+        """Nothing to release: the replicas need no one when the loop ends."""
 
     # ------------------------------------------------------------------------ memory
     def memory(self):
