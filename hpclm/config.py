@@ -234,7 +234,7 @@ class PSConfig:
     servers: int = 1             # S: ranks that serve; the other world - S ranks work
     mode: str = "sync"           # sync | async | ssp
     staleness: int = 0           # ssp: a worker at most this many steps ahead of the slowest
-    pull_dtype: str = "float32"  # parameters sent back to workers: float32 | float16
+    pull_dtype: str = "float32"  # parameters sent back to workers: float32 (the model dtype) | float16
 
     def validate(self):
         if self.servers < 1:

@@ -6,7 +6,7 @@ is a worker. The flat parameter buffer is cut into S balanced contiguous shards
 serve loop of parallel/ps_server.py (the modes sync | async | ssp are described there). A worker
 is a DistributedOptimizer (`PSWorker`): it computes its gradient, pushes each shard's piece to
 that shard's server, pulls the new parameters back (float32 or float16: ps.pull_dtype) and
-copies them into its model. All data-path messages are buffers on a duplicate of the world
+copies them into its model (in the model's dtype, or float16 with ps.pull_dtype = float16). All data-path messages are buffers on a duplicate of the world
 named "ps", so their bytes are counted under group "ps" (hpclm.comm.counters).
 
 How it plugs into `hpclm train` (the smallest change there): `split_world` runs right after the
@@ -37,7 +37,7 @@ from hpclm.optim import OPTIMIZERS, build_optimizer
 from hpclm.parallel.agree import collective_error
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer, micro_batches_in_turn, nbytes
 from hpclm.parallel.ps_server import (GROUP, LOAD, PULL, PUSH, SAVE, STOP, TAG_CTRL, TAG_GRAD, TAG_PARAMS,
-                                      TAG_REPLY, TAG_STATE, ServerShard, write_report)
+                                      TAG_REPLY, TAG_STATE, ServerShard, pull_dtype, write_report)
 from hpclm.parallel.replicas import check_identical
 from hpclm.timing.timer import Timer
 
@@ -140,7 +140,7 @@ class PSWorker(DistributedOptimizer):
         self.bound = 0 if cfg.ps.mode == "sync" else cfg.ps.staleness
         self.grad_scale = 1.0 / cfg.micro_batches()
         self.bounds = shard_bounds(model.layout.size, roles.servers)
-        self.pull_dtype = numpy.dtype(cfg.ps.pull_dtype)
+        self.pull_dtype = pull_dtype(cfg.ps, model.dtype)
         self.pulled = [numpy.empty(hi - lo, self.pull_dtype) for lo, hi in self._shards()]
         self.replies = numpy.zeros((roles.servers, 3))      # [version, staleness, norm] per server
         self.ctrl = numpy.zeros((roles.servers, 4))

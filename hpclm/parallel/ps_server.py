@@ -6,7 +6,7 @@ It posts one persistent receive of a control message per worker and answers them
 
     control   float64 (4,) [op, step, lr, norm]           worker -> server  TAG_CTRL
     gradient  (hi - lo,) model dtype                        worker -> server  TAG_GRAD   (op PUSH)
-    params    (hi - lo,) pull dtype (float32 | float16)     server -> worker  TAG_PARAMS
+    params    (hi - lo,) model dtype, or float16 (ps.pull_dtype) server -> worker  TAG_PARAMS
     reply     float64 (3,) [version, staleness, norm]      server -> worker  TAG_REPLY
 
 `version` counts the updates applied to the shard (= the optimizer's t). Modes:
@@ -35,10 +35,16 @@ import numpy
 from mpi4py import MPI
 
 from hpclm import comm as collectives
+from hpclm.optim import clip_by_global_norm
 
 PUSH, PULL, SAVE, LOAD, STOP = 1, 2, 3, 4, 5
 TAG_CTRL, TAG_GRAD, TAG_PARAMS, TAG_REPLY, TAG_STATE = 71, 72, 73, 74, 75
 GROUP = "ps"                          # bytes of the parameter-server traffic are counted under this group
+
+
+def pull_dtype(ps_cfg, model_dtype):
+    """The dtype parameters travel back in: float16 if ps.pull_dtype says so, else the model's own."""
+    return numpy.dtype(numpy.float16 if ps_cfg.pull_dtype == "float16" else model_dtype)
 
 
 class ServerShard:
@@ -49,7 +55,7 @@ class ServerShard:
         self.params, self.optimizer = params, optimizer          # (n,) shard; optimizer over (n,)
         self.clip, self.mode = optim_cfg.grad_clip, ps_cfg.mode
         self.staleness_bound = 0 if ps_cfg.mode == "sync" else ps_cfg.staleness
-        self.pull_dtype = numpy.dtype(ps_cfg.pull_dtype)
+        self.pull_dtype = pull_dtype(ps_cfg, params.dtype)
         W = roles.workers
         self.pending = {}                                        # clock -> {worker: (gradient, lr)}
         self.waiting = []                                        # (worker, clock it needs applied) to answer
@@ -83,9 +89,8 @@ class ServerShard:
 
     # ---------------------------------------------------------------- updates
     def _apply(self, grad, lr, norm):
-        scale = self.clip / norm if self.clip > 0 and norm > self.clip else 1.0
-        if scale != 1.0:
-            grad = grad * scale
+        """One optimizer step with `grad` (scaled in place) clipped by the global `norm`."""
+        clip_by_global_norm(grad, self.clip, norm)
         self.optimizer.step(self.params, grad, lr)
 
     def _push(self, worker, step, lr, norm):
