@@ -288,6 +288,9 @@ def print_banner(s, hosts):
           f"{s.threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
           f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}, "
           f"compress {cfg.compress.name}")
+    if cfg.parallel.sync == "ps":
+        print(f"parameter servers: {cfg.ps.servers} more rank(s) serve the {s.size} worker(s), mode {cfg.ps.mode}"
+              + (f", staleness {cfg.ps.staleness}" if cfg.ps.mode == "ssp" else "") + f", pull {cfg.ps.pull_dtype}")
     print(f"MPI: {s.versions['mpi_library']}")
     slurm = os.environ.get("SLURM_NTASKS")
     if slurm and int(slurm) != s.size:
