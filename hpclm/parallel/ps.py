@@ -29,16 +29,19 @@ import numpy
 from mpi4py import MPI
 
 from hpclm import comm as collectives
-from hpclm import kernels
+from hpclm import compress, kernels
 from hpclm import xp as X
 from hpclm.comm.layout import offsets, split_counts
+from hpclm.compress.memory import build_with_memory
 from hpclm.errors import UserError
 from hpclm.optim import OPTIMIZERS, build_optimizer
 from hpclm.parallel.agree import collective_error
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer, micro_batches_in_turn, nbytes
 from hpclm.parallel.ps_server import (GROUP, LOAD, PULL, PUSH, SAVE, STOP, TAG_CTRL, TAG_GRAD, TAG_PARAMS,
-                                      TAG_REPLY, TAG_STATE, ServerShard, pull_dtype, write_report)
+                                      TAG_REPLY, TAG_STATE, ServerShard, payload_header, pull_dtype,
+                                      write_report)
 from hpclm.parallel.replicas import check_identical
+from hpclm.parallel.state import flatten_state, gather_states, rows_for_rank, unflatten_state
 from hpclm.timing.timer import Timer
 
 _UNTIMED = Timer(enabled=False)
@@ -69,7 +72,11 @@ class PSRoles:
 
     def servers_sum(self, value):
         """The sum of a float over the servers (the squared norm of a clock's averaged gradient)."""
-        return value if self.servers == 1 else self.servers_comm.allreduce(value)
+        if self.servers == 1:
+            return value
+        total = numpy.array([value])
+        self.servers_comm.Allreduce(MPI.IN_PLACE, total)
+        return float(total[0])
 
     def release(self):
         """Tell every server that this worker is done (once)."""
@@ -78,7 +85,7 @@ class PSRoles:
         self._released = True
         stop = numpy.array([STOP, 0, 0, 0], dtype=numpy.float64)
         for k in range(self.servers):
-            self.comm.Send(stop, dest=self.server_rank(k), tag=TAG_CTRL)
+            self.comm.Send([stop, MPI.BYTE], dest=self.server_rank(k), tag=TAG_CTRL)
 
 
 def shard_bounds(size, servers):
@@ -99,8 +106,10 @@ def check_config(cfg, world_size):
     if cfg.parallel.tp > 1 or cfg.parallel.pp > 1 or cfg.parallel.zero or cfg.parallel.dp:
         raise UserError("parallel.sync=ps runs plain data parallelism over the workers: leave parallel.tp, "
                         "parallel.pp, parallel.zero and parallel.dp at their defaults")
-    if cfg.compress.name != "none" or cfg.compress.onebit_adam:
-        raise UserError("parallel.sync=ps pushes uncompressed gradients: set compress.name=none")
+    if cfg.compress.onebit_adam or cfg.compress.warmup_steps or cfg.compress.name in ("powersgd", "randomk"):
+        raise UserError("parallel.sync=ps compresses each push on its own: compress.onebit_adam, "
+                        "compress.warmup_steps and the compressors whose decompression needs the sender's "
+                        "context (powersgd, randomk) do not apply")
 
 
 def split_world(world, cfg):
@@ -125,7 +134,8 @@ def serve(roles, cfg, model):
     lo, hi = bounds[k], bounds[k + 1]
     mask = model.layout.decay_mask(numpy, model.dtype)[lo:hi].copy()
     optimizer = OPTIMIZERS[cfg.optim.name](cfg.optim, hi - lo, model.dtype, mask)
-    shard = ServerShard(roles, numpy.array(X.to_host(model.flat[lo:hi])), optimizer, cfg.optim, cfg.ps)
+    codec = compress.build(cfg.compress) if cfg.compress.name != "none" else None
+    shard = ServerShard(roles, numpy.array(X.to_host(model.flat[lo:hi])), optimizer, cfg.optim, cfg.ps, codec)
     shard.serve()
     return write_report(cfg.train.out_dir, shard.report(lo, hi))
 
@@ -144,6 +154,10 @@ class PSWorker(DistributedOptimizer):
         self.pulled = [numpy.empty(hi - lo, self.pull_dtype) for lo, hi in self._shards()]
         self.replies = numpy.zeros((roles.servers, 3))      # [version, staleness, norm] per server
         self.ctrl = numpy.zeros((roles.servers, 4))
+        rank = 0 if group is None else group.Get_rank()
+        self.codecs = None if cfg.compress.name == "none" else [     # per shard, with error feedback if wanted
+            build_with_memory(cfg.compress, hi - lo, model.dtype, rank=rank) for lo, hi in self._shards()]
+        self._sending = {}                                  # shard -> the compressed push's arrays in flight
         self.clock = 0                                      # steps this worker has pushed
         self.staleness = []                                 # per step: (S,) staleness of its applied pushes
         self._template = build_optimizer(cfg.optim, model)  # state names and shapes of a checkpoint (no state used)
@@ -167,18 +181,29 @@ class PSWorker(DistributedOptimizer):
         for k, (lo, hi) in enumerate(self._shards()):
             dest = self.roles.server_rank(k)
             self.ctrl[k] = (op, self.clock, lr, norm)
-            requests.append(comm.Isend(self.ctrl[k], dest=dest, tag=TAG_CTRL))
+            requests.append(comm.Isend([self.ctrl[k], MPI.BYTE], dest=dest, tag=TAG_CTRL))
             self._count(sent=self.ctrl[k].nbytes)
             if op == PUSH:
-                requests.append(comm.Isend(grad[lo:hi], dest=dest, tag=TAG_GRAD))
-                self._count(sent=grad[lo:hi].nbytes)
-            requests.append(comm.Irecv(self.pulled[k], source=dest, tag=TAG_PARAMS))
-            requests.append(comm.Irecv(self.replies[k], source=dest, tag=TAG_REPLY))
+                for buf in self._push_buffers(k, grad[lo:hi]):
+                    requests.append(comm.Isend([buf, MPI.BYTE], dest=dest, tag=TAG_GRAD))
+                    self._count(sent=buf.nbytes)
+            requests.append(comm.Irecv([self.pulled[k], MPI.BYTE], source=dest, tag=TAG_PARAMS))
+            requests.append(comm.Irecv([self.replies[k], MPI.BYTE], source=dest, tag=TAG_REPLY))
             self._count(recv=self.pulled[k].nbytes + self.replies[k].nbytes)
         with self.timer.region("comm_wait"):
             MPI.Request.Waitall(requests)
         for k, (lo, hi) in enumerate(self._shards()):
             flat[lo:hi] = X.to_device(self.pulled[k].astype(self.model.dtype, copy=False))
+
+    def _push_buffers(self, k, grad):
+        """The arrays that carry shard k's gradient: itself, or a header and its compressed payload."""
+        if self.codecs is None:
+            return [grad]
+        with self.timer.region("compress"):
+            payload, _ = self.codecs[k].compress(grad, self.clock)
+            payload = [numpy.ascontiguousarray(X.to_host(a)) for a in payload]
+        self._sending[k] = [payload_header(payload), *payload]     # alive until the Isends complete
+        return self._sending[k]
 
     def step(self, lr):
         """Push this worker's (micro-batch averaged) gradient, pull the parameters; the gradient
@@ -200,6 +225,7 @@ class PSWorker(DistributedOptimizer):
     def checkpoint(self):
         """Collective over the workers: worker 0 gathers every server's shard (after a barrier,
         so every push of the steps before has been applied)."""
+        extra = gather_states(self.group, self.local_state())
         if self.group is not None:
             self.group.Barrier()
         if self.rank != 0:
@@ -210,12 +236,12 @@ class PSWorker(DistributedOptimizer):
         t = numpy.empty(1)
         for k, (lo, hi) in enumerate(self._shards()):
             src = self.roles.server_rank(k)
-            comm.Send(numpy.array([SAVE, self.clock, 0, 0], dtype=numpy.float64), dest=src, tag=TAG_CTRL)
+            comm.Send([numpy.array([SAVE, self.clock, 0, 0], dtype=numpy.float64), MPI.BYTE], dest=src, tag=TAG_CTRL)
             for buf in (params[lo:hi], *(state[n][lo:hi] for n in names)):
-                comm.Recv(buf, source=src, tag=TAG_STATE)
+                comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_STATE)
                 self._count(recv=buf.nbytes)
-            comm.Recv(t, source=src, tag=TAG_STATE)
-        return CheckpointState(params, {"t": int(t[0]), **state}, {}, self.model.layout)
+            comm.Recv([t, MPI.BYTE], source=src, tag=TAG_STATE)
+        return CheckpointState(params, {"t": int(t[0]), **state}, extra, self.model.layout)
 
     def restore(self, ckpt, step):
         """Collective over the workers: worker 0 sends each server its shard of the checkpoint's
@@ -229,17 +255,28 @@ class PSWorker(DistributedOptimizer):
                 raise collective_error(f"checkpoint {ckpt.path} has no optimizer state {sorted(set(names) - set(state))}")
             for k, (lo, hi) in enumerate(self._shards()):
                 dest = self.roles.server_rank(k)
-                comm.Send(numpy.array([LOAD, step, 0, 0], dtype=numpy.float64), dest=dest, tag=TAG_CTRL)
+                comm.Send([numpy.array([LOAD, step, 0, 0], dtype=numpy.float64), MPI.BYTE], dest=dest, tag=TAG_CTRL)
                 for buf in (params[lo:hi], *(state[n][lo:hi] for n in names)):
-                    comm.Send(numpy.ascontiguousarray(buf), dest=dest, tag=TAG_STATE)
-                comm.Send(numpy.array([float(ckpt.optim_t)]), dest=dest, tag=TAG_STATE)
+                    comm.Send([numpy.ascontiguousarray(buf), MPI.BYTE], dest=dest, tag=TAG_STATE)
+                comm.Send([numpy.array([float(ckpt.optim_t)]), MPI.BYTE], dest=dest, tag=TAG_STATE)
         if self.group is not None:
             self.group.Barrier()
         self.clock = step
+        shapes = {name: (a.shape, a.dtype) for name, a in self.local_state().items()}
+        world = 1 if self.group is None else self.group.Get_size()
+        self.load_local_state(rows_for_rank(ckpt.extra, shapes, self.rank, world, "resume"))
         self._exchange(PULL)
 
     def local_state(self):
-        return {}
+        """The error-feedback residuals of this worker's shard codecs (they differ between workers)."""
+        out = {}
+        for k, codec in enumerate(self.codecs or ()):
+            flatten_state(f"ps.shard{k}", codec.state_dict(), out)
+        return out
+
+    def load_local_state(self, flat):
+        for k, codec in enumerate(self.codecs or ()):
+            codec.load_state_dict(unflatten_state(f"ps.shard{k}", flat))
 
     def check_replicas(self, step):
         if self.mode != "async" and self.bound == 0:        # sync, ssp 0: every worker holds the same parameters

@@ -2,10 +2,13 @@
 
 Server k holds the shard [lo, hi) of the flat parameter buffer and that shard's optimizer state.
 It posts one persistent receive of a control message per worker and answers them as they come
-(`Waitany` over the workers). Every message on the data path is a buffer (no pickles):
+(`Waitany` over the workers). Every message is a buffer moved as raw bytes (no pickles):
 
     control   float64 (4,) [op, step, lr, norm]           worker -> server  TAG_CTRL
     gradient  (hi - lo,) model dtype                        worker -> server  TAG_GRAD   (op PUSH)
+      or, with compress.name set: a header int64 (1 + 4 MAX_PAYLOAD_ARRAYS,) [count, (dtype, ndim,
+      d0, d1) per array] then each payload array as raw bytes (TAG_GRAD); the server decompresses
+      with the registry compressor (error feedback stays at the worker, parallel/ps.py)
     params    (hi - lo,) model dtype, or float16 (ps.pull_dtype) server -> worker  TAG_PARAMS
     reply     float64 (3,) [version, staleness, norm]      server -> worker  TAG_REPLY
 
@@ -35,11 +38,34 @@ import numpy
 from mpi4py import MPI
 
 from hpclm import comm as collectives
+from hpclm.compress.base import Context
 from hpclm.optim import clip_by_global_norm
 
 PUSH, PULL, SAVE, LOAD, STOP = 1, 2, 3, 4, 5
 TAG_CTRL, TAG_GRAD, TAG_PARAMS, TAG_REPLY, TAG_STATE = 71, 72, 73, 74, 75
+PAYLOAD_DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32",
+                  "int64", "uint64", "bool")
+MAX_PAYLOAD_ARRAYS = 4
 GROUP = "ps"                          # bytes of the parameter-server traffic are counted under this group
+
+
+def payload_header(payload):
+    """The int64 header that lets the server receive a compressed push: [count, (dtype, ndim, d0, d1)...]."""
+    header = numpy.zeros(1 + 4 * MAX_PAYLOAD_ARRAYS, numpy.int64)
+    header[0] = len(payload)
+    for i, a in enumerate(payload):
+        shape = tuple(a.shape) + (1,) * (2 - a.ndim)
+        header[1 + 4 * i:5 + 4 * i] = (PAYLOAD_DTYPES.index(numpy.dtype(a.dtype).name), a.ndim, *shape[:2])
+    return header
+
+
+def payload_buffers(header):
+    """Empty arrays of the payload that `header` describes."""
+    out = []
+    for i in range(int(header[0])):
+        code, ndim, d0, d1 = (int(v) for v in header[1 + 4 * i:5 + 4 * i])
+        out.append(numpy.empty((d0, d1)[:ndim], dtype=PAYLOAD_DTYPES[code]))
+    return out
 
 
 def pull_dtype(ps_cfg, model_dtype):
@@ -50,8 +76,9 @@ def pull_dtype(ps_cfg, model_dtype):
 class ServerShard:
     """One server's shard: parameters, optimizer, the clocks waiting for pushes, its statistics."""
 
-    def __init__(self, roles, params, optimizer, optim_cfg, ps_cfg):
+    def __init__(self, roles, params, optimizer, optim_cfg, ps_cfg, codec=None):
         self.roles, self.comm = roles, roles.comm
+        self.codec = codec                                       # registry compressor of the pushes, or None
         self.params, self.optimizer = params, optimizer          # (n,) shard; optimizer over (n,)
         self.clip, self.mode = optim_cfg.grad_clip, ps_cfg.mode
         self.staleness_bound = 0 if ps_cfg.mode == "sync" else ps_cfg.staleness
@@ -73,11 +100,11 @@ class ServerShard:
 
     # ---------------------------------------------------------------- byte-counted point-to-point
     def _send(self, buf, worker, tag):
-        self.comm.Send(buf, dest=self.roles.worker_rank(worker), tag=tag)
+        self.comm.Send([buf, MPI.BYTE], dest=self.roles.worker_rank(worker), tag=tag)
         collectives.counters.add("ps", bytes_sent=buf.nbytes, calls=1, group=GROUP)
 
     def _recv(self, buf, worker, tag):
-        self.comm.Recv(buf, source=self.roles.worker_rank(worker), tag=tag)
+        self.comm.Recv([buf, MPI.BYTE], source=self.roles.worker_rank(worker), tag=tag)
         collectives.counters.add("ps", bytes_recv=buf.nbytes, calls=1, group=GROUP)
 
     def _answer(self, worker, staleness, norm):
@@ -93,9 +120,22 @@ class ServerShard:
         clip_by_global_norm(grad, self.clip, norm)
         self.optimizer.step(self.params, grad, lr)
 
+    def _receive_gradient(self, worker):
+        """(n,) the worker's pushed gradient shard (decompressed if pushes are compressed)."""
+        if self.codec is None:
+            grad = numpy.empty_like(self.params)
+            self._recv(grad, worker, TAG_GRAD)
+            return grad
+        header = numpy.empty(1 + 4 * MAX_PAYLOAD_ARRAYS, numpy.int64)
+        self._recv(header, worker, TAG_GRAD)
+        payload = payload_buffers(header)
+        for a in payload:
+            self._recv(a, worker, TAG_GRAD)
+        grad = self.codec.decompress(tuple(payload), Context(self.params.size, self.params.dtype))
+        return numpy.array(grad, dtype=self.params.dtype)
+
     def _push(self, worker, step, lr, norm):
-        grad = numpy.empty_like(self.params)
-        self._recv(grad, worker, TAG_GRAD)
+        grad = self._receive_gradient(worker)
         t0 = time.perf_counter()
         if self.mode == "async":
             staleness = self.version - self.read[worker]
@@ -169,8 +209,9 @@ class ServerShard:
     def serve(self):
         """Answer the workers until every one of them has sent STOP."""
         W = self.roles.workers
+        self._counted_before = self._counted()
         ctrl = numpy.zeros((W, 4))
-        requests = [self.comm.Recv_init(ctrl[w], source=self.roles.worker_rank(w), tag=TAG_CTRL) for w in range(W)]
+        requests = [self.comm.Recv_init([ctrl[w], MPI.BYTE], source=self.roles.worker_rank(w), tag=TAG_CTRL) for w in range(W)]
         MPI.Prequest.Startall(requests)
         active = W
         while active:
@@ -196,9 +237,14 @@ class ServerShard:
         for r in requests:
             r.Free()
 
+    @staticmethod
+    def _counted():
+        return collectives.counters.by_group().get(GROUP, {"bytes_sent": 0, "bytes_recv": 0, "calls": 0})
+
     def report(self, lo, hi):
         """The statistics of this server's run (a JSON-ready dict)."""
-        moved = collectives.counters.by_group().get(GROUP, {"bytes_sent": 0, "bytes_recv": 0})
+        now, before = self._counted(), self._counted_before
+        moved = {k: now[k] - before[k] for k in now}
         return {"server": self.roles.server_index, "shard": [lo, hi], "mode": self.mode,
                 "staleness_bound": self.staleness_bound, "workers": self.roles.workers,
                 "pushes_applied": self.pushes, "updates": self.version,

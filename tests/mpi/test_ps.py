@@ -31,13 +31,16 @@ MODEL = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_e
 TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16)
 
 
-def config(out_dir, optim="adamw", mode="sync", servers=1, staleness=0, sync="ps", pull_dtype="float32"):
+def config(out_dir, optim="adamw", mode="sync", servers=1, staleness=0, sync="ps", pull_dtype="float32",
+           compressor="none"):
     cfg = Config(model=MODEL, optim=OptimConfig(name=optim, lr=1e-2, min_lr=1e-3, warmup_steps=1,
                                                 decay_steps=STEPS, grad_clip=0.05, weight_decay=0.1))
     cfg.train.grad_accum, cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype = 2, STEPS, BATCH, "float64"
     cfg.train.out_dir = out_dir
     cfg.parallel.sync = sync
     cfg.ps.servers, cfg.ps.mode, cfg.ps.staleness, cfg.ps.pull_dtype = servers, mode, staleness, pull_dtype
+    cfg.compress.name = compressor
+    cfg.comm.bucket_mb = 64.0                     # one bucket: an all-reduce run compresses the whole gradient at once
     return cfg
 
 
@@ -115,6 +118,40 @@ def test_ssp_with_staleness_zero_equals_sync(world, out_dir):
     a, b = worker0_state(world, sync_state), worker0_state(world, ssp_state)
     assert_all(world, np.array_equal(a[0], b[0]) and all(np.array_equal(a[1][k], b[1][k]) for k in a[1] if k != "t"),
                "ssp s=0 differs from sync")
+
+
+def test_compressed_pushes_with_error_feedback_equal_compressed_all_reduce(world, out_dir):
+    """S = 1: each worker compresses its whole gradient (topk, error feedback at the worker), the
+    server decompresses and averages: what the all-reduce strategy's compressed exchange does
+    over the same workers."""
+    cfg = config(out_dir, compressor="topk")
+    roles, state, (report,), strategy = run_ps(world, cfg)
+    params = worker0_state(world, state)[0]
+    ref = None
+    if not roles.is_server:
+        model = GPT(MODEL, seed=SEED, dtype="float64")
+        dp_cfg = config(out_dir, sync="allreduce", compressor="topk")
+        dp = build_strategy(dp_cfg, roles.workers_comm, model)
+        train(dp, model, dp_cfg, roles.workers_comm, STEPS)
+        ref = model.flat.copy()
+    ref = world.bcast(ref, root=0)
+    n = ref.size
+    assert_all(world, np.allclose(params, ref, rtol=1e-10, atol=1e-13), np.abs(params - ref).max())
+    # Pushed bytes: the compressed payloads, a fraction of W * STEPS full gradients.
+    assert_all(world, report["bytes_recv"] < 0.5 * roles.workers * STEPS * 8 * n, report["bytes_recv"])
+
+
+def test_float16_pull(world, out_dir):
+    cfg = config(out_dir, pull_dtype="float16")
+    roles, state, (report,), strategy = run_ps(world, cfg)
+    params = worker0_state(world, state)[0]
+    ok = True
+    if not roles.is_server:
+        ok = np.array_equal(strategy.model.flat, params.astype(np.float16).astype(np.float64))
+    W, n = roles.workers, params.size
+    # Sent by the server: per push a float16 shard and a 24-byte reply; then one checkpoint's float64 state.
+    sent_pulls = report["bytes_sent"] - (3 * 8 * n + 8)
+    assert_all(world, ok and sent_pulls == W * STEPS * (2 * n + 24), (ok, sent_pulls, W * STEPS * (2 * n + 24)))
 
 
 def test_sync_checkpoint_resumes_bit_exactly(world, out_dir):
