@@ -3,14 +3,12 @@ whole job within seconds with MPI's report of the killed process (no hang of the
 other workers); a clean run ends with every server's report written; ps.servers >= world size
 is one line `hpclm: error: ...` and exit 2 (a batch the workers do not divide: tests/mpi/test_ps.py)."""
 import json
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import env, finish, mpiexec, tiny_args  # noqa: E402
+from trainutil import finish, mpiexec, popen, tiny_args, wait_for_file  # noqa: E402
 
 # World rank 1 (a worker) kills itself with SIGKILL when it starts step 3.
 KILLER = textwrap.dedent("""
@@ -38,20 +36,15 @@ def hpclm_lines(err):
 def train(tmp_path, n, *extra, steps=4):
     cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "hpclm.cli", "train", "--out", str(tmp_path / "r")] \
         + tiny_args(tmp_path / "cache", *extra, steps=steps)
-    return finish(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                                   start_new_session=True), 120)
+    return finish(popen(cmd), 120)
 
 
 def test_a_killed_worker_ends_the_job_within_seconds(tmp_path):
     marker = tmp_path / "killed"
     cmd = [mpiexec(), "-n", "3", sys.executable, "-c", KILLER, str(marker), "train", "--out", str(tmp_path / "r")] \
         + tiny_args(tmp_path / "cache", *PS, "--set", "ps.mode=async", steps=100_000)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            start_new_session=True)
-    t0 = time.monotonic()
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() - t0 < 90, "rank 1 never reached step 3"
-        time.sleep(0.05)
+    proc = popen(cmd)
+    wait_for_file(proc, marker, 90, "rank 1 never reached step 3")
     rc, out, err, seconds = finish(proc, 30)
     assert rc != 0 and seconds < 15, (rc, seconds, err[-2000:])
     report = out + err                                 # MPICH reports the dead rank on stdout
