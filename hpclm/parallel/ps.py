@@ -219,7 +219,8 @@ class PSWorker(DistributedOptimizer):
         return clipped_by if numpy.isfinite(clipped_by) else norm
 
     def uncompressed_bytes(self):
-        return self.model.grad_flat.nbytes + self.model.flat.nbytes
+        """What this worker's push would send uncompressed: its whole gradient."""
+        return self.model.grad_flat.nbytes
 
     # ------------------------------------------------------------------------ checkpoints
     def checkpoint(self):
