@@ -34,7 +34,7 @@ from hpclm import xp as X
 from hpclm.comm.layout import offsets, split_counts
 from hpclm.compress.memory import build_with_memory
 from hpclm.errors import UserError
-from hpclm.optim import OPTIMIZERS, build_optimizer
+from hpclm.optim import OPTIMIZERS
 from hpclm.parallel.agree import collective_error
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer, micro_batches_in_turn, nbytes
 from hpclm.parallel.ps_server import (GROUP, LOAD, PULL, PUSH, SAVE, STOP, TAG_CTRL, TAG_GRAD, TAG_PARAMS,
@@ -159,8 +159,7 @@ class PSWorker(DistributedOptimizer):
             build_with_memory(cfg.compress, hi - lo, model.dtype, rank=rank) for lo, hi in self._shards()]
         self._sending = {}                                  # shard -> the compressed push's arrays in flight
         self.clock = 0                                      # steps this worker has pushed
-        self.staleness = []                                 # per step: (S,) staleness of its applied pushes
-        self._template = build_optimizer(cfg.optim, model)  # state names and shapes of a checkpoint (no state used)
+        self.state_names = sorted(OPTIMIZERS[cfg.optim.name].state_names)   # optimizer state held by the servers
 
     def _shards(self):
         return list(zip(self.bounds[:-1], self.bounds[1:]))
@@ -214,7 +213,6 @@ class PSWorker(DistributedOptimizer):
         norm = float(X.np.sqrt(X.np.dot(grad, grad)))
         self._exchange(PUSH, lr, norm)
         self.clock += 1
-        self.staleness.append(self.replies[:, 1].copy())
         clipped_by = float(self.replies[0, 2])         # nan where the server answered before applying (ssp)
         return clipped_by if numpy.isfinite(clipped_by) else norm
 
@@ -231,7 +229,7 @@ class PSWorker(DistributedOptimizer):
             self.group.Barrier()
         if self.rank != 0:
             return None
-        comm, names = self.roles.comm, sorted(self._template.state)
+        comm, names = self.roles.comm, self.state_names
         params = numpy.empty(self.model.layout.size, self.model.dtype)
         state = {name: numpy.empty(self.model.layout.size, self.model.dtype) for name in names}
         t = numpy.empty(1)
@@ -249,7 +247,7 @@ class PSWorker(DistributedOptimizer):
         parameters and optimizer state; then every worker pulls."""
         ckpt.check_layout(self.model.layout)
         if self.rank == 0:
-            comm, names = self.roles.comm, sorted(self._template.state)
+            comm, names = self.roles.comm, self.state_names
             params = ckpt.params.astype(self.model.dtype, copy=False)
             state = {n: ckpt.optim[n].astype(self.model.dtype, copy=False) for n in names if n in ckpt.optim}
             if len(state) != len(names):
