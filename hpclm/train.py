@@ -212,8 +212,8 @@ def build_groups(world, pcfg):
 
 
 def setup(args, world):
-    """Config, groups, data, model, strategy and timing record; a UserError anywhere stops every rank.
-    None on a parameter server (parallel.sync = ps), after it has served the workers' whole run."""
+    """Config, groups, data, model, strategy and timing record (a Session); a UserError anywhere stops
+    every rank. On a parameter server (parallel.sync = ps): its hpclm.parallel.ps.ParameterServer."""
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
     # The run directory: never replace another run unless --overwrite; unusable -> one line now.
@@ -224,11 +224,10 @@ def setup(args, world):
     data = load_data(cfg, world, rank, ckpt)
     ps_roles = None
     if cfg.parallel.sync == "ps":     # servers serve here; on workers their communicator is the world from here on
-        from hpclm.parallel.ps import serve, split_world
+        from hpclm.parallel.ps import ParameterServer, split_world
         ps_roles = collectively(world, split_world, world, cfg)
         if ps_roles.is_server:
-            serve(ps_roles, cfg, GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype))
-            return None
+            return ParameterServer(ps_roles, cfg, GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype))
         try:
             return build_session(ps_roles.workers_comm, cfg, ckpt, data, ps_roles)
         except BaseException:
@@ -405,7 +404,9 @@ def run(args):
     blas_limit = None
     try:
         s = setup(args, world)
-        if s is None:                                 # a parameter server, done serving
+        if not isinstance(s, Session):                # a parameter server: serves until the workers stop
+            signals.start_loop()                      # a signal stops the workers at a step boundary, not it
+            s.serve()
             return 0
         hosts = s.world.gather(socket.gethostname())
         if s.rank == 0:

@@ -10,9 +10,10 @@ copies them into its model (in the model's dtype, or float16 with ps.pull_dtype 
 named "ps", so their bytes are counted under group "ps" (hpclm.comm.counters).
 
 How it plugs into `hpclm train` (the smallest change there): `split_world` runs right after the
-data is loaded, before the dp x tp x pp groups are built. On a server it returns the roles and
-train.setup calls `serve` (the server's whole run) and returns None; on a worker it returns the
-roles whose `workers` communicator then stands in for the world in the rest of set-up and in
+data is loaded, before the dp x tp x pp groups are built. On a server, train.setup returns a
+`ParameterServer`, whose `serve` is the server's whole run (a signal there stops the workers at
+their next step boundary, and the server answers their checkpoint); on a worker the roles'
+`workers` communicator stands in for the world in the rest of set-up and in
 the loop (groups, sampler, evaluation, agree_to_stop, checkpoints, the timing record), so no
 world-wide collective of the loop needs the servers. When the loop ends, normally or by a
 UserError that every worker raises together, each worker sends STOP (`release`) and the servers
@@ -124,6 +125,17 @@ def split_world(world, cfg):
     part = world.Split(1 if server else 0, rank)
     part.Set_name("servers" if server else "world")
     return PSRoles(comm, None if server else part, part if server else None, S, W)
+
+
+@dataclass
+class ParameterServer:
+    """What `hpclm train` runs on a server rank: `serve()`."""
+    roles: PSRoles
+    cfg: object
+    model: object          # the initial model (the workers build the same from train.seed)
+
+    def serve(self):
+        return serve(self.roles, self.cfg, self.model)
 
 
 def serve(roles, cfg, model):
