@@ -216,7 +216,8 @@ def build_groups(world, pcfg):
 
 
 def setup(args, world):
-    """Config, groups, data, model, strategy and timing record; a UserError anywhere stops every rank."""
+    """Config, groups, data, model, strategy and timing record (a Session); a UserError anywhere stops
+    every rank. On a parameter server (parallel.sync = ps): its hpclm.parallel.ps.ParameterServer."""
     rank, size = world.Get_rank(), world.Get_size()
     cfg, ckpt = collectively(world, resolve_config, args)
     # The run directory: never replace another run unless --overwrite; unusable -> one line now.
@@ -224,9 +225,26 @@ def setup(args, world):
     collectively(world, lambda: rundir.claim(cfg.train.out_dir, resume_dir=resume_dir, overwrite=args.overwrite)
                  if rank == 0 else None)
     collectives.set_cuda_aware(cfg.comm.cuda_aware)
+    data = load_data(cfg, world, rank, ckpt)
+    ps_roles = None
+    if cfg.parallel.sync == "ps":     # servers serve here; on workers their communicator is the world from here on
+        from hpclm.parallel.ps import ParameterServer, split_world
+        ps_roles = collectively(world, split_world, world, cfg)
+        if ps_roles.is_server:
+            return ParameterServer(ps_roles, cfg, GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype))
+        try:
+            return build_session(ps_roles.workers_comm, cfg, ckpt, data, ps_roles)
+        except BaseException:
+            ps_roles.release()        # a failure every worker shares: the servers must not wait for them
+            raise
+    return build_session(world, cfg, ckpt, data)
+
+
+def build_session(world, cfg, ckpt, data, ps_roles=None):
+    """The rest of `setup` over `world` (the workers' communicator with parameter servers)."""
+    rank, size = world.Get_rank(), world.Get_size()
     groups = collectively(world, build_groups, world, cfg.parallel)
     local_ranks = groups.node.Get_size()
-    data = load_data(cfg, world, rank, ckpt)
     dp_size, n_micro = groups.layout.dp, cfg.micro_batches()
     if cfg.train.batch_size % (dp_size * n_micro):           # the same on every rank
         raise collective_error(f"train.batch_size ({cfg.train.batch_size}) must be divisible by data-parallel "
@@ -236,7 +254,7 @@ def setup(args, world):
     trace = tuple(int(s) for s in cfg.train.trace.split(":")) if cfg.train.trace else None
     timer = Timer(enabled=cfg.train.timing, sync=X.synchronize, trace_steps=trace)
     model = collectively(world, build_model, cfg, threads, groups, timer)
-    strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer, groups.pp)
+    strategy = collectively(world, build_strategy, cfg, groups.dp, model, timer, groups.pp, ps_roles)
     rng = np.random.default_rng([cfg.train.seed, rank])       # for stochastic components; saved in checkpoints
     start_step = 0
     if ckpt is not None:
@@ -274,6 +292,9 @@ def print_banner(s, hosts):
           f"{s.threads} thread(s) per rank, device {X.device}, all-reduce {cfg.comm.algorithm}, "
           f"buckets {cfg.comm.bucket_mb} MiB overlap={cfg.comm.overlap}, cuda_aware={cfg.comm.cuda_aware}, "
           f"compress {cfg.compress.name}")
+    if cfg.parallel.sync == "ps":
+        print(f"parameter servers: {cfg.ps.servers} more rank(s) serve the {s.size} worker(s), mode {cfg.ps.mode}"
+              + (f", staleness {cfg.ps.staleness}" if cfg.ps.mode == "ssp" else "") + f", pull {cfg.ps.pull_dtype}")
     print(f"MPI: {s.versions['mpi_library']}")
     slurm = os.environ.get("SLURM_NTASKS")
     if slurm and int(slurm) != s.size:
@@ -391,13 +412,20 @@ def run(args):
     blas_limit = None
     try:
         s = setup(args, world)
-        hosts = world.gather(socket.gethostname())
+        if not isinstance(s, Session):                # a parameter server: serves until the workers stop
+            signals.start_loop()                      # a signal stops the workers at a step boundary, not it
+            s.serve()
+            return 0
+        hosts = s.world.gather(socket.gethostname())
         if s.rank == 0:
             print_banner(s, hosts)
         # BLAS gets this rank's share of the cores: ranks x BLAS threads beyond the cores spin and crawl.
         blas_limit = threadpool_limits(limits=s.threads, user_api="blas")
         signals.start_loop()                          # from here: stop at the next step boundary
-        summary = train_steps(s, stop)
+        try:
+            summary = train_steps(s, stop)
+        finally:
+            s.strategy.close()
         if s.rank == 0:
             rundir.write_summary(s.cfg.train.out_dir, summary)   # with the earlier segments of a resumed run
         s.groups.free()

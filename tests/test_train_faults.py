@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import env, finish, mpiexec, read_ckpt, tiny_args  # noqa: E402
+from trainutil import env, finish, mpiexec, popen, read_ckpt, tiny_args, wait_for_file  # noqa: E402
 
 LONG = 100_000
 
@@ -43,12 +43,8 @@ def test_sigterm_while_setup_waits_for_a_peer_ends_the_job(tmp_path):
     marker = tmp_path / "stuck"
     cmd = [mpiexec(), "-n", "2", sys.executable, "-c", LAUNCHER, str(marker), "train", "--out", str(tmp_path / "r")] \
         + tiny_args(tmp_path / "cache")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-                            start_new_session=True)
-    t0 = time.monotonic()
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() - t0 < 60, "rank 1 never reached the model build"
-        time.sleep(0.05)
+    proc = popen(cmd)
+    wait_for_file(proc, marker, 60, "rank 1 never reached the model build")
     time.sleep(0.5)                                   # rank 0 is now waiting in the collective
     proc.send_signal(signal.SIGTERM)                  # to mpiexec, which forwards it to both ranks
     rc, out, err, seconds = finish(proc, 30)

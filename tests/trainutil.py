@@ -76,6 +76,20 @@ def assert_same_state(a, b):
     assert aa["step"] == ab["step"] and aa["optim_t"] == ab["optim_t"]
 
 
+def popen(cmd):
+    """Start `cmd` in its own session (so `finish` can kill the whole group), output captured."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            start_new_session=True)
+
+
+def wait_for_file(proc, path, limit, what):
+    """Wait until `path` exists; fail with `what` if `proc` ends or `limit` seconds pass first."""
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() - t0 < limit, what
+        time.sleep(0.05)
+
+
 def finish(proc, timeout):
     """(returncode, stdout, stderr, seconds); kills the whole process group on timeout."""
     t0 = time.monotonic()

@@ -2,13 +2,15 @@
 
 Reads RUN_DIR's timing record through hpclm.timing.reader: timing.h5 and, for a resumed run,
 every timing-from-N.h5 segment, in step order; definitions of every number are in
-hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy per-rank table.
+hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy per-rank table. A run with parameter servers
+also shows each server's report (hpclm.analysis.servers).
 """
 from pathlib import Path
 
 import numpy as np
 
 from hpclm.analysis import metrics
+from hpclm.analysis.servers import format_servers, read_servers
 from hpclm.errors import UserError
 from hpclm.timing.reader import read_run
 
@@ -65,6 +67,7 @@ def format_run(summary, record):
         lines.append("  sent per group: " + ", ".join(f"{g} {megabytes(b)}" for g, b in s.group_bytes_sent.items()))
     if s.memory:
         lines.append("  memory per rank (max): " + ", ".join(f"{k} {megabytes(b)}" for k, b in s.memory.items()))
+    lines += format_servers(read_servers(Path(record.path).parent))
     if s.stragglers:
         listed = ", ".join(f"rank {x.rank} +{x.excess:.1%} (+{ms(x.excess_s).strip()} ms)" for x in s.stragglers)
         lines.append(f"  stragglers (median step time > {metrics.STRAGGLER_THRESHOLD:.0%} above "

@@ -67,10 +67,11 @@ def codec_maker(c, prototype, rank, world):
     return lambda n, dtype: Compressed(build_with_memory(c, n, dtype, rank=rank), exchange)
 
 
-def build_strategy(cfg, group, model, timer=None, pp_group=None):
+def build_strategy(cfg, group, model, timer=None, pp_group=None, ps_roles=None):
     """The DistributedOptimizer for `cfg` over the dp `group` (and, with parallel.pp > 1, this
     rank's pipeline `pp_group`; `model` is then its StageModel). A tensor-parallel shard (model.tensor
-    set) gets the dp strategy wrapped in parallel.tensor's. UserError for a bad combination."""
+    set) gets the dp strategy wrapped in parallel.tensor's. With parallel.sync = ps, `ps_roles`
+    (parallel.ps.split_world) names the servers. UserError for a bad combination."""
     if cfg.parallel.pp > 1:
         if getattr(model, "tensor", None) is not None:          # a stage of a tp shard: the 3-D grid
             from hpclm.parallel.grid import GridOptimizer as PipelineOptimizer
@@ -85,14 +86,17 @@ def build_strategy(cfg, group, model, timer=None, pp_group=None):
         from hpclm.parallel.tensor import TensorParallel, check_tensor_config
         check_tensor_config(cfg)
         return TensorParallel(_data_parallel(cfg, group, model, timer), model)
-    return _data_parallel(cfg, group, model, timer)
+    return _data_parallel(cfg, group, model, timer, ps_roles)
 
 
-def _data_parallel(cfg, group, model, timer):
+def _data_parallel(cfg, group, model, timer, ps_roles=None):
     """The data-parallel strategy of a whole (or tensor-sharded) model over the dp `group`."""
     if cfg.parallel.sync == "gossip":
         from hpclm.parallel.gossip import build_gossip
         return build_gossip(cfg, group, model, timer)
+    if cfg.parallel.sync == "ps":
+        from hpclm.parallel.ps import build_ps
+        return build_ps(cfg, group, model, ps_roles, timer)
     if cfg.parallel.zero:
         from hpclm.parallel.zero import build_zero
         return build_zero(cfg, group, model, timer)

@@ -13,6 +13,7 @@
     opt.step_metrics()                          # {metric_names: value} of the last step (a record column each)
     opt.close()                                 # collective, after the last checkpoint: stop helper threads
     opt.memory()                                # bytes this rank holds, by kind, from the arrays themselves
+    opt.close()                                 # the run is over (parameter servers: release them)
 
 `DistributedOptimizer` here is replicated data parallelism (ZeRO stage 0): every rank of the dp
 group holds all parameters, gradients and optimizer state, the gradient sync (hpclm.parallel.sync)
@@ -119,7 +120,7 @@ class DistributedOptimizer:
         return {}
 
     def close(self):
-        pass
+        """Nothing to release by default (parameter servers stop theirs, gossip its thread)."""
 
     # ------------------------------------------------------------------------ memory
     def memory(self):
