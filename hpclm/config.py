@@ -191,6 +191,7 @@ class ParallelConfig:
     micro_batches: int = 1       # pipeline micro-batches per step (per dp rank; without a pipeline: more accumulation)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
     stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
+    recompute: str = "none"      # activation recomputation: none | block (keep block inputs, rerun forward in backward)
     sync: str = "allreduce"      # how dp replicas agree: allreduce | ps | gossip | local ([ps], [gossip], [local])
     sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
@@ -204,6 +205,8 @@ class ParallelConfig:
             raise UserError(f"parallel.zero must be 0, 1, 2 or 3, got {self.zero}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.recompute not in RECOMPUTE:
+            raise UserError(f"parallel.recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
         if self.sync in SYNCS_NOT_BUILT:
@@ -225,6 +228,7 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
+RECOMPUTE = ("none", "block")
 SYNCS_NOT_BUILT = ("ps", "gossip", "local")
 
 

@@ -104,15 +104,19 @@ def build_model(cfg, threads, groups, timer=None):
     """The GPT, with row-slice threads on CPU; ZeRO 2-3 hand each unit its buffers through a
     parameter source, which the one-thread model takes (BLAS still uses the threads). With
     parallel.pp > 1: this rank's pipeline stage; with parallel.tp > 1: this rank's shard
-    (parallel/tensor.py), one thread (its collectives are MPI calls)."""
+    (parallel/tensor.py), one thread (its collectives are MPI calls). parallel.recompute = block:
+    blocks keep only their inputs and run their forward again in backward."""
     if cfg.parallel.pp > 1:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
-        return StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
-    if cfg.parallel.tp > 1:
+        model = StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
+    elif cfg.parallel.tp > 1:
         from hpclm.parallel.tensor import build_tensor_model
-        return build_tensor_model(cfg, groups.tp, timer)
-    model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
-    return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
+        model = build_tensor_model(cfg, groups.tp, timer)
+    else:
+        model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
+        model = ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
+    model.recompute = cfg.parallel.recompute == "block"
+    return model
 
 
 def git_commit():

@@ -99,6 +99,7 @@ class StageModel:
             self.params[n][...] = full.params[n]
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0
+        self.recompute = False                                  # parallel.recompute = block
 
     def num_params(self):
         """Parameters of this stage (the tied copy included)."""

@@ -73,7 +73,8 @@ class PipelineEngine:
                     x, y = batches[j] if batches[j] is not None else (None, None)
                     inp = x if self.first else inputs.pop(j)
                     out, caches[j] = U.forward_units(model.units, model.resident, inp, B, T,
-                                                     targets=y if self.last else None)
+                                                     targets=y if self.last else None,
+                                                     recompute=model.recompute)
                 live += U.activation_bytes(caches[j])
                 model.activation_bytes_peak = max(model.activation_bytes_peak, live)
                 if self.last:

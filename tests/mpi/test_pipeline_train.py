@@ -26,12 +26,12 @@ MODEL = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=4, n_head=2, n_e
 TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16)
 
 
-def config(pp, schedule="1f1b", micro=2, stage_layers=""):
+def config(pp, schedule="1f1b", micro=2, stage_layers="", recompute="none"):
     cfg = Config(model=MODEL, optim=OptimConfig(lr=1e-2, min_lr=1e-3, warmup_steps=1, decay_steps=STEPS,
                                                 grad_clip=0.5))
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype = STEPS, BATCH, "float64"
     cfg.parallel.pp, cfg.parallel.schedule, cfg.parallel.micro_batches = pp, schedule, micro
-    cfg.parallel.stage_layers = stage_layers
+    cfg.parallel.stage_layers, cfg.parallel.recompute = stage_layers, recompute
     return cfg.validate()
 
 
@@ -44,6 +44,7 @@ def run(world, cfg):
     else:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
         model = StageModel(MODEL, first, stop, seed=SEED, dtype="float64")
+        model.recompute = cfg.parallel.recompute == "block"
         strategy = build_strategy(cfg, groups.dp, model, pp_group=groups.pp)
         rank, size = groups.dp.Get_rank(), groups.dp.Get_size()
     session = SimpleNamespace(cfg=cfg, model=model, timer=Timer(enabled=False), strategy=strategy,
@@ -78,6 +79,16 @@ def test_every_layout_equals_single_process(world, schedule, micro):
         assert_all(world, np.allclose(params, ref, rtol=1e-12, atol=1e-14),
                    f"dp {P // pp} x pp {pp} {schedule} m={micro}: max |d| {np.abs(params - ref).max():.2e}")
         assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_recompute_follows_the_single_process_trajectory(world, schedule):
+    ref, ref_losses = reference()
+    P = world.Get_size()
+    params, losses = run(world, config(P, schedule, micro=4, recompute="block"))
+    assert_all(world, np.allclose(params, ref, rtol=1e-12, atol=1e-14),
+               f"pp {P} {schedule} recompute: max |d| {np.abs(params - ref).max():.2e}")
+    assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
 
 
 def test_explicit_stage_layers(world):
