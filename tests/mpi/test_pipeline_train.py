@@ -107,7 +107,13 @@ def test_cli_train_resume_on_another_layout_and_bad_input(world, capsys):
               "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.dtype=float64",
               "--set", "train.eval_batches=2", "--set", "train.threads=1", "--set", "optim.decay_steps=8"]
     pp = ["--set", f"parallel.pp={P}", "--set", "parallel.micro_batches=2"]
-    assert main(["train", "--out", str(root / "straight")] + common + pp + ["--set", "train.max_steps=4"]) == 0
+    assert main(["train", "--out", str(root / "straight")] + common + pp + ["--set", "train.max_steps=4",
+                                                                           "--set", "train.trace=2:3"]) == 0
+    if world.Get_rank() == 0:                                # the bubble line and the timeline figure
+        capsys.readouterr()
+        assert main(["analyze", str(root / "straight"), "--plots", str(root / "plots")]) == 0
+        out = capsys.readouterr().out
+        assert "pipeline bubble: measured" in out and (root / "plots" / "timeline_straight.png").stat().st_size > 0
     assert main(["train", "--out", str(root / "part")] + common + pp + ["--set", "train.max_steps=2"]) == 0
     # resume the pipeline's checkpoint as plain data parallelism on the same world
     assert main(["train", "--resume", str(root / "part"), "--set", "train.max_steps=4",
