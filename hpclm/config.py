@@ -218,8 +218,9 @@ class ParallelConfig:
                             "per stage (gpipe or 1f1b)")
         if self.stage_layers and not re.fullmatch(r"\d+(,\d+)*", self.stage_layers):
             raise UserError(f"parallel.stage_layers must look like 2,2 (blocks per stage), got {self.stage_layers!r}")
-        if self.pp > 1 and self.zero:
-            raise UserError("parallel.zero with parallel.pp > 1 is not built yet")
+        if self.pp > 1 and self.zero > 1:
+            raise UserError(f"parallel.zero={self.zero} with parallel.pp > 1 is not built: the pipeline combines "
+                            f"with ZeRO-1 only (parallel.zero = 1)")
 
     def stage_layer_counts(self):
         """[blocks of each stage] from stage_layers, or None for balanced stages."""

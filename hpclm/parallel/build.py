@@ -4,6 +4,9 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
     strategy = build_strategy(cfg, groups.dp, model, timer)    # a parallel.optimizer.DistributedOptimizer
 
     parallel.zero 1-3                 ZeroOptimizer (parallel/zero.py) over the dp group
+    parallel.pp > 1                   PipelineOptimizer (parallel/pipeline_optimizer.py) of the rank's
+                                      stage, its gradients averaged over the stage's dp group (with
+                                      parallel.zero = 1: ZeRO-1 there)
     compress.onebit_adam              OneBitAdam: plain all-reduce warm-up, then the momentum in 1 bit
     otherwise                         DistributedOptimizer with the gradient sync of `build_grad_sync`:
       compress.name none              AllReduceSync (bucketed, overlapped)
@@ -63,6 +66,11 @@ def build_strategy(cfg, group, model, timer=None, pp_group=None):
     set) gets the dp strategy wrapped in parallel.tensor's. UserError for a bad combination."""
     if cfg.parallel.pp > 1:
         from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
+        if cfg.parallel.zero:
+            from hpclm.parallel.zero import build_zero
+            return PipelineOptimizer.over_zero(build_zero(cfg, group, model, timer), cfg.optim, pp_group,
+                                               cfg.parallel.schedule, cfg.parallel.micro_batches,
+                                               stage_ranges(cfg), timer)
         return PipelineOptimizer(model, build_optimizer(cfg.optim, model), build_grad_sync(cfg, group, model, timer),
                                  cfg.optim, pp_group, cfg.parallel.schedule, cfg.parallel.micro_batches,
                                  stage_ranges(cfg), timer)

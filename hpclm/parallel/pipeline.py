@@ -112,6 +112,32 @@ class PipelineEngine:
             self.embedding_group.Free()
 
 
+class PipelineNorm:
+    """The global gradient norm of a ZeRO-1 sharded stage (hpclm.parallel.zero's `tensor_norm` seam):
+    a rank's shard of its stage's gradient counts, the last stage's tied wte copy does not (the
+    first stage counts wte), summed over the pipeline."""
+
+    def __init__(self, pp_comm, model):
+        self.comm = pp_comm
+        w = model.layout.by_name["wte"] if model.tied_copy else None
+        self.skip = [] if w is None else [(w.offset, w.offset + w.size)]     # flat spans left out
+
+    def local_squares(self, grad, lo=0):
+        """Squares of `grad`, the flat span [lo, lo + grad.size) of the stage, the tied copy left out."""
+        xp = X.array_module(grad)
+        sq = float(xp.dot(grad, grad))
+        for a, b in self.skip:
+            a, b = max(a, lo), min(b, lo + grad.size)
+            if a < b:
+                seg = grad[a - lo:b - lo]
+                sq -= float(xp.dot(seg, seg))
+        return sq
+
+    def total(self, sq):
+        """Sum over the pipeline's stages (each already summed over its dp shards)."""
+        return self.comm.allreduce(sq)
+
+
 def stage_norm_squared(model):
     """The squared norm of this stage's gradient, the tied wte copy left out (the first stage counts
     it), so the sum over the pp group is the whole model's."""
