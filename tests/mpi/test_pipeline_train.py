@@ -108,6 +108,27 @@ def test_zero1_on_the_dp_group_of_a_pipeline_equals_single_process(world, schedu
     assert_all(world, state.optim_state["t"] == ref_state.optim_state["t"] == STEPS, "optimizer step count")
 
 
+def test_zero1_pipeline_restores_its_shards_from_a_single_process_checkpoint(world):
+    """restore() hands each stage and dp rank its slice of a single-process checkpoint; checkpoint()
+    gathers exactly that back."""
+    reference()
+    ref, _, ref_state = _REF["ref"]
+    cfg = config(2, zero=1)
+    groups = collectives.Groups.build(world, pp=2)
+    first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
+    model = StageModel(MODEL, first, stop, seed=SEED + 1, dtype="float64")     # other initial values
+    strategy = build_strategy(cfg, groups.dp, model, pp_group=groups.pp)
+    optim = {k: v for k, v in ref_state.optim_state.items() if k != "t"}
+    ckpt = SimpleNamespace(params=ref, optim=optim, optim_t=ref_state.optim_state["t"], path="ref",
+                           check_layout=lambda layout: None)
+    strategy.restore(ckpt, STEPS)
+    state = world.bcast(strategy.checkpoint(), root=0)
+    strategy.engine.free()
+    groups.free()
+    assert_all(world, np.array_equal(state.params, ref) and state.optim_state["t"] == STEPS
+               and all(np.array_equal(state.optim_state[k], v) for k, v in optim.items()), "restore -> checkpoint")
+
+
 def test_explicit_stage_layers(world):
     ref, _ = reference()
     P = world.Get_size()
