@@ -20,13 +20,13 @@ common() {   # p m schedule: a tiny pipeline of equal stages
     --set train.max_steps=$STEPS --set train.eval_interval=0 --set train.eval_batches=1 \
     --set train.log_interval=100 --set train.threads=1
 }
-if [ -z "$SKIP_BUBBLE" ]; then
+if [ -z "${SKIP_BUBBLE:-}" ]; then
   for p in 2 4; do for m in 1 2 4 8 16; do for s in gpipe 1f1b; do
     mpiexec -n $p hpclm train $(common $p $m $s) --out $RUNS/bubble_${s}_p${p}_m${m} --overwrite > /dev/null
   done; done; done
   python results/pipeline/tables.py bubble $RUNS "$OUT"
 fi
-if [ -z "$SKIP_MEMORY" ]; then
+if [ -z "${SKIP_MEMORY:-}" ]; then
   for s in gpipe 1f1b; do for r in none block; do
     mpiexec -n 4 hpclm train $(common 4 8 $s) --set parallel.recompute=$r --set train.trace=3:4 \
       --out $RUNS/memory_${s}_${r} --overwrite > /dev/null
@@ -38,7 +38,7 @@ if [ -z "$SKIP_MEMORY" ]; then
   hpclm analyze $RUNS/memory_gpipe_none --plots $RUNS/plots > "$OUT/analyze_gpipe_p4_m8.txt"
   cp $RUNS/plots/timeline_memory_gpipe_none.png "$OUT/timeline_gpipe_p4_m8.png"
 fi
-if [ -z "$SKIP_CHAR" ]; then   # the char recipe (results/shakespeare_char, seed 1337) at pp = 2
+if [ -z "${SKIP_CHAR:-}" ]; then   # the char recipe (results/shakespeare_char, seed 1337) at pp = 2
   mpiexec -n 2 hpclm train --config jobscripts/configs/shakespeare_char.toml --data "$DATA" \
     --set train.seed=1337 --set parallel.pp=2 --set parallel.micro_batches=2 --set train.threads=1 \
     --out runs/pipeline_char_pp2 --overwrite > "$OUT/char_pp2.log" 2>&1
