@@ -191,6 +191,7 @@ class ParallelConfig:
     micro_batches: int = 1       # pipeline micro-batches per step (per dp rank; without a pipeline: more accumulation)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
     stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
+    recompute: str = "none"      # activation recomputation: none | block (keep block inputs, rerun forward in backward)
     sync: str = "allreduce"      # how dp replicas agree: allreduce | ps | gossip | local ([ps], [gossip], [local])
     sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
@@ -204,6 +205,8 @@ class ParallelConfig:
             raise UserError(f"parallel.zero must be 0, 1, 2 or 3, got {self.zero}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.recompute not in RECOMPUTE:
+            raise UserError(f"parallel.recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
         if self.schedule == "interleaved":
@@ -211,8 +214,12 @@ class ParallelConfig:
                             "per stage (gpipe or 1f1b)")
         if self.stage_layers and not re.fullmatch(r"\d+(,\d+)*", self.stage_layers):
             raise UserError(f"parallel.stage_layers must look like 2,2 (blocks per stage), got {self.stage_layers!r}")
-        if self.pp > 1 and self.zero:
-            raise UserError("parallel.zero with parallel.pp > 1 is not built yet")
+        if self.pp > 1 and self.zero > 1:
+            raise UserError(f"parallel.zero={self.zero} with parallel.pp > 1 is not built: the pipeline combines "
+                            f"with ZeRO-1 only (parallel.zero = 1)")
+        if self.tp > 1 and self.pp > 1 and (self.zero or self.recompute != "none"):
+            raise UserError("the dp x tp x pp grid (tp > 1 and pp > 1) runs without parallel.zero and "
+                            "parallel.recompute for now")
 
     def stage_layer_counts(self):
         """[blocks of each stage] from stage_layers, or None for balanced stages."""
@@ -221,6 +228,7 @@ class ParallelConfig:
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 SYNCS = ("allreduce", "ps", "gossip", "local")
+RECOMPUTE = ("none", "block")
 
 
 @dataclass

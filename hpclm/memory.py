@@ -39,7 +39,8 @@ def rows(cfg, world):
         live_params, live_grads = peak_live_elements(gpt_units(cfg.model), layout, stage,
                                                      overlap=cfg.comm.overlap and world > 1)
         held = planned_memory(stage, layout, world, 0, cfg.optim.name, itemsize, live_params, live_grads)
-        held["activations"] = activation_bytes(cfg.model, micro, cfg.model.block_size, itemsize)
+        held["activations"] = activation_bytes(cfg.model, micro, cfg.model.block_size, itemsize,
+                                               recompute=cfg.parallel.recompute == "block")
         out.append((stage, held))
     return layout.size, micro, out
 
@@ -61,5 +62,6 @@ def run(args):
                                         (("params", 10), ("grads", 10), ("optimizer", 10), ("activations", 12)))
               + f" {total / unit:>10.3f}")
     print("params / grads include the temporary unit buffers alive at the peak (stages 2-3); activations: "
-          "the caches of one micro-batch's forward, without recomputation")
+          "the caches of one micro-batch's forward (parallel.recompute = block: "
+          "block inputs only; one block's cache comes back during backward)")
     return 0

@@ -105,18 +105,22 @@ def build_model(cfg, threads, groups, timer=None):
     parameter source, which the one-thread model takes (BLAS still uses the threads). With
     parallel.pp > 1: this rank's pipeline stage; with parallel.tp > 1: this rank's shard
     (parallel/tensor.py), one thread (its collectives are MPI calls); with both: the stage of the
-    shard (parallel/grid.py)."""
+    shard (parallel/grid.py). parallel.recompute = block: blocks keep only their inputs and run their
+    forward again in backward."""
     if cfg.parallel.pp > 1 and cfg.parallel.tp > 1:
         from hpclm.parallel.grid import build_grid_stage
         return build_grid_stage(cfg, groups, timer)
     if cfg.parallel.pp > 1:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
-        return StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
-    if cfg.parallel.tp > 1:
+        model = StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
+    elif cfg.parallel.tp > 1:
         from hpclm.parallel.tensor import build_tensor_model
-        return build_tensor_model(cfg, groups.tp, timer)
-    model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
-    return ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
+        model = build_tensor_model(cfg, groups.tp, timer)
+    else:
+        model = GPT(cfg.model, seed=cfg.train.seed, dtype=cfg.train.dtype)
+        model = ThreadedGPT(model, threads) if threads > 1 and cfg.parallel.zero < 2 else model
+    model.recompute = cfg.parallel.recompute == "block"
+    return model
 
 
 def git_commit():

@@ -2,14 +2,15 @@
 
 Reads RUN_DIR's timing record through hpclm.timing.reader: timing.h5 and, for a resumed run,
 every timing-from-N.h5 segment, in step order; definitions of every number are in
-hpclm.analysis.metrics. `--plots DIR` writes PNG figures, `--csv PATH` a tidy per-rank table. A run with parameter servers
-also shows each server's report (hpclm.analysis.servers).
+hpclm.analysis.metrics. `--plots DIR` writes PNG figures (a pipeline run with a trace: its timeline, hpclm.analysis.pipeline),
+`--csv PATH` a tidy per-rank table. A run with parameter servers also shows each server's report
+(hpclm.analysis.servers).
 """
 from pathlib import Path
 
 import numpy as np
 
-from hpclm.analysis import metrics
+from hpclm.analysis import metrics, pipeline
 from hpclm.analysis.servers import format_servers, read_servers
 from hpclm.errors import UserError
 from hpclm.timing.reader import read_run
@@ -65,6 +66,8 @@ def format_run(summary, record):
     lines.append(f"  per step per rank: sent {megabytes(s.bytes_sent)}, received {megabytes(s.bytes_recv)}{ratio}")
     if s.group_bytes_sent:
         lines.append("  sent per group: " + ", ".join(f"{g} {megabytes(b)}" for g, b in s.group_bytes_sent.items()))
+    if int((record.meta.get("layout_json") or {}).get("pp", 1)) > 1:
+        lines.append(pipeline.format_bubble(pipeline.bubble(record, s.skipped)))
     if s.memory:
         lines.append("  memory per rank (max): " + ", ".join(f"{k} {megabytes(b)}" for k, b in s.memory.items()))
     lines += format_servers(read_servers(Path(record.path).parent))
@@ -136,6 +139,7 @@ def run(args):
         from hpclm.analysis import plots
         try:
             written = plots.write_all(Path(args.plots), records, summaries, args.skip_steps)
+            written += pipeline.write_timelines(Path(args.plots), records, summaries)
         except OSError as exc:
             raise UserError(f"cannot write --plots into {args.plots}: {exc.strerror or exc}") from None
         for path in written:

@@ -51,6 +51,7 @@ class GPT:
         self._unit_offset = {u: U.param_range(u, self.layout)[0] for u in self.units}  # grad_ready's offsets
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0                                 # set by forward_backward
+        self.recompute = False                                         # parallel.recompute = block
 
     # A tensor-parallel shard (model/tensor_parallel.py ShardedGPT) overrides these three.
     def _shapes(self, cfg):
@@ -123,7 +124,8 @@ class GPT:
         strategy can start communicating those buckets early.
         timer (an hpclm.timing.Timer), if given, times the "forward" and "backward" regions.
         source: where each unit's parameters and gradients come from (units.py); default the
-        model's own views. Sets activation_bytes_peak: the bytes of all caches at the end of forward.
+        model's own views. Sets activation_bytes_peak: the bytes of all caches at the end of forward
+        (with self.recompute, blocks keep only their inputs and run their forward again in backward).
         """
         self._check_input(idx, targets)
         if not accumulate and self.grad_flat is not None:
@@ -132,7 +134,7 @@ class GPT:
         B, T = idx.shape
         if timer:
             timer.start("forward")
-        loss, caches = U.forward_units(self.units, source, idx, B, T, targets)
+        loss, caches = U.forward_units(self.units, source, idx, B, T, targets, recompute=self.recompute)
         self.activation_bytes_peak = U.activation_bytes(caches)    # caches only shrink from here
         if timer:
             timer.stop("forward")

@@ -126,6 +126,7 @@ class StageModel:
             self.params[n][...] = full.params[n]
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0
+        self.recompute = False                                  # parallel.recompute = block
 
     def boundary_rows(self, n):
         """Rows of the (n, C) activation that crosses the stage's boundaries: all n, or under

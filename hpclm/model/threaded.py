@@ -28,6 +28,15 @@ class ThreadedGPT:
         self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="hpclm-rows")
         self._blas = ThreadpoolController()                  # found once: re-scanning libraries costs ~0.2 ms
 
+    @property
+    def recompute(self):
+        return self.model.recompute
+
+    @recompute.setter
+    def recompute(self, on):                # parallel.recompute: every slice's replica recomputes
+        for m in (self.model, *self.replicas):
+            m.recompute = on
+
     def __getattr__(self, name):            # params, grads, flat, grad_flat, layout, cfg, forward, ...
         return getattr(self.model, name)
 

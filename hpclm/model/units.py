@@ -15,7 +15,9 @@ activation memory a cache holds.
     embedding.backward(p, g, dx, ce)
 
 `forward_units` / `backward_units` run any contiguous range of units through a parameter
-*source*: `acquire(unit, phase) -> (p, g)` right before each unit's forward ("forward", g None)
+*source*; with `recompute=True` a block keeps only its input (a `RecomputeCache`) and its forward
+runs again inside its backward (activation recomputation, Chen et al. 2016; Megatron's "full"
+granularity per block), the same arithmetic, so the gradients are bitwise those without. Source: `acquire(unit, phase) -> (p, g)` right before each unit's forward ("forward", g None)
 and backward ("backward"), `release(unit, phase)` right after. `ResidentSource` hands out the
 model's own views. `Block` hooks (`column_in` before the inputs of c_attn and c_fc,
 `row_out` after the c_proj matmuls, before their bias) are where tensor parallelism communicates.
@@ -48,6 +50,13 @@ class BlockCache(NamedTuple):
     c_fc_in: Any                                               # (N, C) column_in(ln_2 out)
     gelu: tuple                                                # gelu_forward's cache
     mlp_proj_in: Any                                           # (N, 4C) GELU output
+
+
+class RecomputeCache(NamedTuple):
+    """What a block keeps under recomputation: its input and the shape to run its forward again."""
+    x: Any                                                     # (N, C) the block's input
+    B: int
+    T: int
 
 
 class HeadCache(NamedTuple):
@@ -263,19 +272,24 @@ class ResidentSource:
 
 
 # ---------------------------------------------------------------------------------------- ranges
-def forward_units(units, source, inp, B, T, targets=None, keep=True):
+def forward_units(units, source, inp, B, T, targets=None, keep=True, recompute=False):
     """Run a contiguous range of units forward -> (out, caches).
 
     inp: idx (B, T) when the range starts at the Embedding, else an activation (N, C) (not
     modified). out: the loss (0-d array) when the range ends at the Head (targets (B, T) then
-    required), else the activation (N, C). caches: one per unit, in order ([] unless keep).
+    required), else the activation (N, C). caches: one per unit, in order ([] unless keep);
+    a block's is a RecomputeCache (its input only) when recompute.
     """
     caches = []
     x = inp
     for unit in units:
         p, _ = source.acquire(unit, "forward")
         if isinstance(unit, Block):
+            x_in = x
             x, cache = unit.forward(p, x, B, T)
+            if recompute:
+                cache = RecomputeCache(x_in, B, T)
+            del x_in
         elif isinstance(unit, Embedding):
             x, cache = unit.forward(p, x)
         else:
@@ -300,6 +314,8 @@ def backward_units(units, source, dout, caches, unit_done=None):
     for unit in reversed(units):
         cache = caches.pop()
         p, g = source.acquire(unit, "backward")
+        if isinstance(cache, RecomputeCache):
+            _, cache = unit.forward(p, cache.x, cache.B, cache.T)   # the block's full cache, again
         if isinstance(unit, Block):
             d = unit.backward(p, g, d, cache)
         elif isinstance(unit, Head):

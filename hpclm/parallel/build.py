@@ -5,6 +5,9 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
 
     parallel.sync gossip              GossipOptimizer (parallel/gossip.py): neighbour averaging on [gossip].topology
     parallel.zero 1-3                 ZeroOptimizer (parallel/zero.py) over the dp group
+    parallel.pp > 1                   PipelineOptimizer (parallel/pipeline_optimizer.py) of the rank's
+                                      stage, its gradients averaged over the stage's dp group (with
+                                      parallel.zero = 1: ZeRO-1 there)
     compress.onebit_adam              OneBitAdam: plain all-reduce warm-up, then the momentum in 1 bit
     otherwise                         DistributedOptimizer with the gradient sync of `build_grad_sync`:
       compress.name none              AllReduceSync (bucketed, overlapped)
@@ -73,12 +76,16 @@ def build_strategy(cfg, group, model, timer=None, pp_group=None, ps_roles=None):
     set) gets the dp strategy wrapped in parallel.tensor's. With parallel.sync = ps, `ps_roles`
     (parallel.ps.split_world) names the servers. UserError for a bad combination."""
     if cfg.parallel.pp > 1:
+        from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
         if getattr(model, "tensor", None) is not None:          # a stage of a tp shard: the 3-D grid
             from hpclm.parallel.grid import GridOptimizer as PipelineOptimizer
             from hpclm.parallel.tensor import check_tensor_config
             check_tensor_config(cfg)
-        else:
-            from hpclm.parallel.pipeline_optimizer import PipelineOptimizer
+        if cfg.parallel.zero:
+            from hpclm.parallel.zero import build_zero
+            return PipelineOptimizer.over_zero(build_zero(cfg, group, model, timer), cfg.optim, pp_group,
+                                               cfg.parallel.schedule, cfg.parallel.micro_batches,
+                                               stage_ranges(cfg), timer)
         return PipelineOptimizer(model, build_optimizer(cfg.optim, model), build_grad_sync(cfg, group, model, timer),
                                  cfg.optim, pp_group, cfg.parallel.schedule, cfg.parallel.micro_batches,
                                  stage_ranges(cfg), timer)

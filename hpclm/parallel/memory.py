@@ -41,17 +41,26 @@ def peak_live_elements(units, layout, stage, overlap):
     grads = pairs if overlap else max(reads)
     return (pairs if stage == 3 else 0), grads
 
-def activation_elements(cfg, B, T):
+def block_elements(cfg, B, T):
+    """Float elements of one block's full cache: 20 N C + 2 N + B H T^2 (LayerNorm xhat and rstd
+    twice, the inputs of the four linears, q k v, the attention probabilities, GELU's input and tanh)."""
+    N = B * T
+    return 20 * N * cfg.n_embd + 2 * N + B * cfg.n_head * T * T
+
+
+def activation_elements(cfg, B, T, recompute=False, n_layer=None, head=True, embedding=True):
     """(float elements, int elements) of the caches one forward of B x T tokens keeps for backward
-    (hpclm.model's units; N = B T): per block 20 N C + 2 N + B H T^2 (LayerNorm xhat and rstd
-    twice, the inputs of the four linears, q k v, the attention probabilities, GELU's input and
-    tanh); the head's LayerNorm, its input and the softmax N V; the token ids."""
-    N, C, H, V = B * T, cfg.n_embd, cfg.n_head, cfg.vocab_size
-    block = 20 * N * C + 2 * N + B * H * T * T
-    head = 2 * N * C + N + N * V
-    return cfg.n_layer * block + head, 2 * N
+    (hpclm.model's units; N = B T) over n_layer blocks (default all): per block its full cache
+    (block_elements), or only its input N C under recomputation; with the head its LayerNorm, its
+    input and the softmax N V; with the embedding the token ids (the head's targets too)."""
+    N, C, V = B * T, cfg.n_embd, cfg.vocab_size
+    n_layer = cfg.n_layer if n_layer is None else n_layer
+    block = N * C if recompute else block_elements(cfg, B, T)
+    floats = n_layer * block + (2 * N * C + N + N * V if head else 0)
+    return floats, N * (int(embedding) + int(head))
 
 
-def activation_bytes(cfg, B, T, itemsize, int_itemsize=8):
-    floats, ints = activation_elements(cfg, B, T)
+def activation_bytes(cfg, B, T, itemsize, int_itemsize=8, **which):
+    """Bytes of activation_elements(cfg, B, T, **which)."""
+    floats, ints = activation_elements(cfg, B, T, **which)
     return floats * itemsize + ints * int_itemsize

@@ -74,7 +74,8 @@ class PipelineEngine:
                     x, y = batches[j] if batches[j] is not None else (None, None)
                     inp = x if self.first else inputs.pop(j)
                     out, caches[j] = U.forward_units(model.units, model.resident, inp, B, T,
-                                                     targets=y if self.last else None)
+                                                     targets=y if self.last else None,
+                                                     recompute=model.recompute)
                 live += U.activation_bytes(caches[j])
                 model.activation_bytes_peak = max(model.activation_bytes_peak, live)
                 if self.last:
@@ -110,6 +111,32 @@ class PipelineEngine:
     def free(self):
         if self.embedding_group != MPI.COMM_NULL:
             self.embedding_group.Free()
+
+
+class PipelineNorm:
+    """The global gradient norm of a ZeRO-1 sharded stage (hpclm.parallel.zero's `tensor_norm` seam):
+    a rank's shard of its stage's gradient counts, the last stage's tied wte copy does not (the
+    first stage counts wte), summed over the pipeline."""
+
+    def __init__(self, pp_comm, model):
+        self.comm = pp_comm
+        w = model.layout.by_name["wte"] if model.tied_copy else None
+        self.skip = [] if w is None else [(w.offset, w.offset + w.size)]     # flat spans left out
+
+    def local_squares(self, grad, lo=0):
+        """Squares of `grad`, the flat span [lo, lo + grad.size) of the stage, the tied copy left out."""
+        xp = X.array_module(grad)
+        sq = float(xp.dot(grad, grad))
+        for a, b in self.skip:
+            a, b = max(a, lo), min(b, lo + grad.size)
+            if a < b:
+                seg = grad[a - lo:b - lo]
+                sq -= float(xp.dot(seg, seg))
+        return sq
+
+    def total(self, sq):
+        """Sum over the pipeline's stages (each already summed over its dp shards)."""
+        return self.comm.allreduce(sq)
 
 
 def stage_norm_squared(model):

@@ -10,6 +10,11 @@ every strategy (hpclm.parallel.optimizer):
     checkpoint/restore the single-process layout: every stage's parameters and optimizer state
                        gathered to the pipeline's first rank (buffer Send/Recv), sliced on resume
 
+With parallel.zero = 1 (`zero`, a hpclm.parallel.zero.ZeroOptimizer over the stage's dp group) the
+stage's optimizer state is sharded over its dp replicas: after the tied gradients are summed, its
+step is ZeRO's (units reduce-scattered, the shard updated, one all-gather), its norm taken over the
+pipeline through PipelineNorm; checkpoints gather the shards to dp rank 0 first.
+
 The dp replicas of a stage hold equal parameters (checked like data parallelism); the two wte
 copies of a tied model get equal gradients and equal updates, so they stay equal.
 """
@@ -24,17 +29,25 @@ from hpclm.model import units as U
 from hpclm.model.params import ParamLayout, gpt2_shapes
 from hpclm.model.stage import full_offsets, stage_layout
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer
-from hpclm.parallel.pipeline import PipelineEngine, stage_norm_squared
+from hpclm.parallel.pipeline import PipelineEngine, PipelineNorm, stage_norm_squared
 
 CKPT_TAG = 0x5053
 
 
 class PipelineOptimizer(DistributedOptimizer):
     def __init__(self, model, optimizer, sync, optim_cfg, pp_comm, schedule_name, micro_batches, ranges,
-                 timer=None):
+                 timer=None, zero=None):
         super().__init__(model, optimizer, sync, optim_cfg, timer)
-        self.pp, self.ranges = pp_comm, ranges
+        self.pp, self.ranges, self.zero = pp_comm, ranges, zero
         self.engine = PipelineEngine(model, pp_comm, schedule_name, micro_batches)
+        if zero is not None:
+            zero.tensor_norm = PipelineNorm(pp_comm, model)
+
+    @classmethod
+    def over_zero(cls, zero, optim_cfg, pp_comm, schedule_name, micro_batches, ranges, timer=None):
+        """The pipeline stage's optimizer with ZeRO-1 (`zero`) over its dp group."""
+        return cls(zero.model, zero.optimizer, zero.sync, optim_cfg, pp_comm, schedule_name, micro_batches,
+                   ranges, timer, zero=zero)
 
     def forward_backward(self, model, batches, timer=None):
         B, T = batches[0][0].shape
@@ -44,6 +57,8 @@ class PipelineOptimizer(DistributedOptimizer):
         t, model = self.timer, self.model
         with t.region("comm"):
             self.engine.tie_gradients()
+        if self.zero is not None:
+            return self.zero.step(lr)
         self.sync.finish()
         with t.region("comm"):
             norm = self.global_norm()
@@ -73,9 +88,16 @@ class PipelineOptimizer(DistributedOptimizer):
 
     # ------------------------------------------------------------------------ checkpoints
     def _stage_rows(self):
-        """This stage's parameters and optimizer states as one host array (1 + states, size)."""
+        """This stage's parameters and optimizer states as one host array (1 + states, size), on dp
+        rank 0 (None elsewhere: with ZeRO-1 the states' shards are gathered there, collectively)."""
         state = self.optimizer.state
-        return numpy.stack([X.to_host(self.model.flat)] + [X.to_host(state[k]) for k in sorted(state)])
+        if self.zero is None:
+            rows = [X.to_host(state[k]) for k in sorted(state)]
+        else:
+            rows = [self.zero._gather_full(state[k]) for k in sorted(state)]
+        if self.rank != 0:
+            return None
+        return numpy.stack([X.to_host(self.model.flat)] + rows)
 
     def checkpoint(self):
         """Collective over the pipeline (on every dp rank; only dp rank 0's pipeline writes)."""
@@ -97,18 +119,24 @@ class PipelineOptimizer(DistributedOptimizer):
         state = {"t": self.optimizer.t, **{k: full[1 + i] for i, k in enumerate(names)}}
         return CheckpointState(full[0], state, {}, ParamLayout(gpt2_shapes(cfg)))
 
+    def _stage_part(self, row, full):
+        """The stage's flat array (its layout, the tied copy from wte) of a single-process row."""
+        out = numpy.empty(self.model.layout.size, dtype=self.model.dtype)
+        for slot in self.model.layout.slots:
+            src = full.by_name[slot.name]
+            out[slot.offset:slot.offset + slot.size] = row[src.offset:src.offset + src.size]
+        return out
+
     def restore(self, ckpt, step):
         """This stage's slices of the checkpoint's parameters and optimizer state (the tied copy
-        from the full wte)."""
+        from the full wte; with ZeRO-1 this dp rank's shard of them)."""
         full = ParamLayout(gpt2_shapes(self.model.cfg))
         ckpt.check_layout(full)
-        rows = {"params": ckpt.params, **ckpt.optim}
-        for name, target in {"params": self.model.flat, **self.optimizer.state}.items():
-            if name not in rows:
+        self.model.flat[...] = X.to_device(self._stage_part(ckpt.params, full))
+        lo, hi = (0, self.model.layout.size) if self.zero is None else self.zero.plan.shard(self.rank)
+        for name, target in self.optimizer.state.items():
+            if name not in ckpt.optim:
                 raise UserError(f"checkpoint {ckpt.path} has no optimizer state {name!r}")
-            for slot in self.model.layout.slots:
-                src = full.by_name[slot.name]
-                target[slot.offset:slot.offset + slot.size] = X.to_device(
-                    rows[name][src.offset:src.offset + src.size].astype(self.model.dtype, copy=False))
+            target[...] = X.to_device(self._stage_part(ckpt.optim[name], full)[lo:hi])
         self.optimizer.t = ckpt.optim_t
         self.sync.step = step

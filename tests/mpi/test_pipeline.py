@@ -2,7 +2,9 @@
 and 1f1b with m = 1, 2, 4 micro-batches, every stage's gradients (the tied wte summed over the
 first and last stage) and the loss equal the single-process model's on the whole batch, float64
 to 1e-12; bytes on the wire equal the activations' closed form; in-flight activations follow the
-schedule (1F1B: at most p - s micro-batches on stage s)."""
+schedule (1F1B: at most p - s micro-batches on stage s); with parallel.recompute = block the
+gradients are bitwise the stored ones' and the peak activation bytes of a stage equal the closed
+form (hpclm.parallel.memory) times the schedule's micro-batches in flight."""
 import numpy as np
 import pytest
 from conftest import assert_all
@@ -13,7 +15,9 @@ from hpclm.data import BatchSampler
 from hpclm.model import GPT
 from hpclm.model import units as U
 from hpclm.model.stage import StageModel, balanced_ranges
+from hpclm.parallel.memory import activation_bytes
 from hpclm.parallel.pipeline import PipelineEngine, stage_norm_squared
+from hpclm.parallel.schedule import peak_in_flight, schedule
 
 MPI_SIZES = (2, 4)
 VOCAB, BLOCK, SEED, BATCH = 29, 16, 11, 8
@@ -28,12 +32,14 @@ def reference():
     return model, loss
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
 @pytest.mark.parametrize("micro", [1, 2, 4])
 @pytest.mark.parametrize("name", ["gpipe", "1f1b"])
-def test_gradients_equal_single_process(world, name, micro):
+def test_gradients_equal_single_process(world, name, micro, recompute):
     P, r = world.Get_size(), world.Get_rank()
     first, stop = balanced_ranges(MODEL, P)[r]
     stage = StageModel(MODEL, first, stop, seed=SEED, dtype="float64")
+    stage.recompute = recompute
     engine = PipelineEngine(stage, world, name, micro)
     sampler = BatchSampler(TOKENS, BLOCK, BATCH, SEED)
     batches = [sampler.batch(0, j, micro) for j in range(micro)]
@@ -79,3 +85,27 @@ def test_in_flight_activations(world):
         peaks[name] = stage.activation_bytes_peak / U.activation_bytes(caches)
         engine.free()
     assert_all(world, peaks["gpipe"] == micro and peaks["1f1b"] == min(P - r, micro), f"stage {r}: {peaks}")
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+def test_recompute_is_bitwise_and_peak_bytes_follow_the_closed_form(world, name):
+    P, r = world.Get_size(), world.Get_rank()
+    first, stop = balanced_ranges(MODEL, P)[r]
+    micro, b = 4, BATCH // 4
+    sampler = BatchSampler(TOKENS, BLOCK, BATCH, SEED)
+    batches = [sampler.batch(0, j, micro) for j in range(micro)]
+    in_flight = peak_in_flight(schedule(name, P, micro)[r])
+    got = {}
+    for recompute in (False, True):
+        stage = StageModel(MODEL, first, stop, seed=SEED, dtype="float64")
+        stage.recompute = recompute
+        engine = PipelineEngine(stage, world, name, micro)
+        engine.run(batches, b, BLOCK)
+        blocks = sum(isinstance(u, U.Block) for u in stage.units)
+        form = in_flight * activation_bytes(MODEL, b, BLOCK, 8, recompute=recompute, n_layer=blocks,
+                                            head=r == P - 1, embedding=r == 0)
+        got[recompute] = (stage.grad_flat.copy(), stage.activation_bytes_peak, form)
+        engine.free()
+    assert_all(world, np.array_equal(got[False][0], got[True][0]), f"stage {r}: recomputed gradients differ")
+    assert_all(world, all(peak == form for _, peak, form in got.values()), f"stage {r}: {[g[1:] for g in got.values()]}")
+    assert_all(world, got[True][1] < got[False][1], f"stage {r}: recompute does not lower the peak")

@@ -26,17 +26,18 @@ MODEL = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=4, n_head=2, n_e
 TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16)
 
 
-def config(pp, schedule="1f1b", micro=2, stage_layers=""):
+def config(pp, schedule="1f1b", micro=2, stage_layers="", recompute="none", zero=0):
     cfg = Config(model=MODEL, optim=OptimConfig(lr=1e-2, min_lr=1e-3, warmup_steps=1, decay_steps=STEPS,
                                                 grad_clip=0.5))
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.dtype = STEPS, BATCH, "float64"
     cfg.parallel.pp, cfg.parallel.schedule, cfg.parallel.micro_batches = pp, schedule, micro
-    cfg.parallel.stage_layers = stage_layers
+    cfg.parallel.stage_layers, cfg.parallel.recompute, cfg.parallel.zero = stage_layers, recompute, zero
     return cfg.validate()
 
 
-def run(world, cfg):
-    """STEPS train_steps on this rank's part of the layout; the full parameters (checkpoint path)."""
+def run(world, cfg, with_state=False):
+    """STEPS train_steps on this rank's part of the layout; the full parameters (checkpoint path)
+    and the losses (and the whole CheckpointState if with_state)."""
     groups = collectives.Groups.build(world, pp=cfg.parallel.pp) if world is not None else None
     if groups is None:
         model = GPT(MODEL, seed=SEED, dtype="float64")
@@ -44,6 +45,7 @@ def run(world, cfg):
     else:
         first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
         model = StageModel(MODEL, first, stop, seed=SEED, dtype="float64")
+        model.recompute = cfg.parallel.recompute == "block"
         strategy = build_strategy(cfg, groups.dp, model, pp_group=groups.pp)
         rank, size = groups.dp.Get_rank(), groups.dp.Get_size()
     session = SimpleNamespace(cfg=cfg, model=model, timer=Timer(enabled=False), strategy=strategy,
@@ -56,7 +58,7 @@ def run(world, cfg):
         state = world.bcast(None if state is None else state, root=0)
         strategy.engine.free()
         groups.free()
-    return state.params, losses
+    return (state.params, losses, state) if with_state else (state.params, losses)
 
 
 _REF = {}
@@ -64,8 +66,8 @@ _REF = {}
 
 def reference():
     if "ref" not in _REF:
-        _REF["ref"] = run(None, config(1, micro=1))
-    return _REF["ref"]
+        _REF["ref"] = run(None, config(1, micro=1), with_state=True)
+    return _REF["ref"][:2]
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
@@ -78,6 +80,53 @@ def test_every_layout_equals_single_process(world, schedule, micro):
         assert_all(world, np.allclose(params, ref, rtol=1e-12, atol=1e-14),
                    f"dp {P // pp} x pp {pp} {schedule} m={micro}: max |d| {np.abs(params - ref).max():.2e}")
         assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_recompute_follows_the_single_process_trajectory(world, schedule):
+    ref, ref_losses = reference()
+    P = world.Get_size()
+    params, losses = run(world, config(P, schedule, micro=4, recompute="block"))
+    assert_all(world, np.allclose(params, ref, rtol=1e-12, atol=1e-14),
+               f"pp {P} {schedule} recompute: max |d| {np.abs(params - ref).max():.2e}")
+    assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_zero1_on_the_dp_group_of_a_pipeline_equals_single_process(world, schedule):
+    """dp x pp = 2 x 2 at P = 4 (1 x 2 at P = 2): ZeRO-1 shards each stage's AdamW state over its dp
+    group; parameters, losses and the gathered optimizer state are the single-process ones."""
+    reference()
+    ref, ref_losses, ref_state = _REF["ref"]
+    params, losses, state = run(world, config(2, schedule, micro=2, zero=1), with_state=True)
+    assert_all(world, np.allclose(params, ref, rtol=1e-12, atol=1e-14),
+               f"zero-1 dp {world.Get_size() // 2} x pp 2 {schedule}: max |d| {np.abs(params - ref).max():.2e}")
+    assert_all(world, np.allclose(losses, ref_losses, rtol=1e-12), f"losses {losses} vs {ref_losses}")
+    moments = [k for k in ref_state.optim_state if k != "t"]
+    assert_all(world, moments and all(np.allclose(state.optim_state[k], ref_state.optim_state[k], rtol=1e-10,
+                                                  atol=1e-16) for k in moments), "gathered optimizer state")
+    assert_all(world, state.optim_state["t"] == ref_state.optim_state["t"] == STEPS, "optimizer step count")
+
+
+def test_zero1_pipeline_restores_its_shards_from_a_single_process_checkpoint(world):
+    """restore() hands each stage and dp rank its slice of a single-process checkpoint; checkpoint()
+    gathers exactly that back."""
+    reference()
+    ref, _, ref_state = _REF["ref"]
+    cfg = config(2, zero=1)
+    groups = collectives.Groups.build(world, pp=2)
+    first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
+    model = StageModel(MODEL, first, stop, seed=SEED + 1, dtype="float64")     # other initial values
+    strategy = build_strategy(cfg, groups.dp, model, pp_group=groups.pp)
+    optim = {k: v for k, v in ref_state.optim_state.items() if k != "t"}
+    ckpt = SimpleNamespace(params=ref, optim=optim, optim_t=ref_state.optim_state["t"], path="ref",
+                           check_layout=lambda layout: None)
+    strategy.restore(ckpt, STEPS)
+    state = world.bcast(strategy.checkpoint(), root=0)
+    strategy.engine.free()
+    groups.free()
+    assert_all(world, np.array_equal(state.params, ref) and state.optim_state["t"] == STEPS
+               and all(np.array_equal(state.optim_state[k], v) for k, v in optim.items()), "restore -> checkpoint")
 
 
 def test_explicit_stage_layers(world):
@@ -96,7 +145,13 @@ def test_cli_train_resume_on_another_layout_and_bad_input(world, capsys):
               "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.dtype=float64",
               "--set", "train.eval_batches=2", "--set", "train.threads=1", "--set", "optim.decay_steps=8"]
     pp = ["--set", f"parallel.pp={P}", "--set", "parallel.micro_batches=2"]
-    assert main(["train", "--out", str(root / "straight")] + common + pp + ["--set", "train.max_steps=4"]) == 0
+    assert main(["train", "--out", str(root / "straight")] + common + pp + ["--set", "train.max_steps=4",
+                                                                           "--set", "train.trace=2:3"]) == 0
+    if world.Get_rank() == 0:                                # the bubble line and the timeline figure
+        capsys.readouterr()
+        assert main(["analyze", str(root / "straight"), "--plots", str(root / "plots")]) == 0
+        out = capsys.readouterr().out
+        assert "pipeline bubble: measured" in out and (root / "plots" / "timeline_straight.png").stat().st_size > 0
     assert main(["train", "--out", str(root / "part")] + common + pp + ["--set", "train.max_steps=2"]) == 0
     # resume the pipeline's checkpoint as plain data parallelism on the same world
     assert main(["train", "--resume", str(root / "part"), "--set", "train.max_steps=4",

@@ -1,0 +1,63 @@
+"""Tables and figures of results/pipeline from the runs of run.sh (read through hpclm's reader).
+
+    python results/pipeline/tables.py bubble RUNS OUT   # bubble.csv, bubble.md, bubble.png
+    python results/pipeline/tables.py memory RUNS OUT   # memory.md: peak activation bytes per stage
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hpclm.analysis.pipeline import bubble, bubble_figure, closed_form
+from hpclm.config import ModelConfig
+from hpclm.parallel.memory import activation_bytes
+from hpclm.parallel.schedule import peak_in_flight, schedule
+from hpclm.timing.reader import read_run
+
+SKIP = 2          # warm-up steps left out
+
+
+def bubbles(runs, out):
+    rows = []
+    for s in ("gpipe", "1f1b"):
+        for p in (2, 4):
+            for m in (1, 2, 4, 8, 16):
+                b = bubble(read_run(runs / f"bubble_{s}_p{p}_m{m}"), SKIP)
+                rows.append((s, p, m, b.measured, b.per_stage))
+    with open(out / "bubble.csv", "w") as fh:
+        fh.write("schedule,p,m,closed_form,measured,relative_error,per_stage\n")
+        for s, p, m, x, per in rows:
+            cf = closed_form(p, m)
+            fh.write(f"{s},{p},{m},{cf:.4f},{x:.4f},{(x - cf) / cf:+.3f},{' '.join(f'{v:.4f}' for v in per)}\n")
+    with open(out / "bubble.md", "w") as fh:
+        fh.write("| schedule | p | m | (p-1)/(m+p-1) | measured | rel. diff | per stage |\n|---|---|---|---|---|---|---|\n")
+        for s, p, m, x, per in rows:
+            cf = closed_form(p, m)
+            fh.write(f"| {s} | {p} | {m} | {cf:.3f} | {x:.3f} | {(x - cf) / cf:+.1%} | "
+                     f"{' '.join(f'{v:.3f}' for v in per)} |\n")
+    bubble_figure(out / "bubble.png", [r[:4] for r in rows])
+
+
+def memory(runs, out):
+    lines = ["| schedule | recompute | stage | in flight | measured peak (bytes) | closed form (bytes) |",
+             "|---|---|---|---|---|---|"]
+    for s in ("gpipe", "1f1b"):
+        for r in ("none", "block"):
+            rec = read_run(runs / f"memory_{s}_{r}")
+            par = rec.meta["config_json"]["parallel"]
+            mod = rec.meta["config_json"]["model"]
+            p, m = int(par["pp"]), int(par["micro_batches"])
+            model = ModelConfig(**mod)
+            b, T = rec.meta["config_json"]["train"]["batch_size"] // m, mod["block_size"]
+            peak = np.nanmax(rec.memory["activations"], axis=0)            # (P,) each rank's peak
+            for st in range(p):
+                fly = peak_in_flight(schedule(s, p, m)[st])
+                form = fly * activation_bytes(model, b, T, 4, recompute=r == "block", n_layer=model.n_layer // p,
+                                              head=st == p - 1, embedding=st == 0)
+                lines.append(f"| {s} | {r} | {st} | {fly} | {int(peak[st]):,} | {form:,} |")
+    (out / "memory.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    what, runs, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    {"bubble": bubbles, "memory": memory}[what](runs, out)
