@@ -5,6 +5,7 @@
 # JOBS=3 runs the three at once. Then hpclm analyze and table.txt (bytes next to the ring all-reduce's).
 cd "$(dirname "$0")/../../.."
 source jobscripts/env.sh
+source results/decentralized/run_all.sh
 export HPCLM_OVERSUBSCRIBED=1 MPIR_CVAR_ENABLE_HEAVY_YIELD=1
 NP=4; STEPS=${STEPS:-512}; JOBS=${JOBS:-1}; R=${R:-runs/decentralized/gossip}; OUT=results/decentralized/gossip
 mkdir -p $R
@@ -18,13 +19,5 @@ declare -A runs=(
   [ring_adpsgd]="--set gossip.topology=ring --set gossip.algorithm=adpsgd"
 )
 names="ring_dpsgd exp2_dpsgd ring_adpsgd"
-running=0
-for name in $names; do
-  mpiexec -n $NP hpclm train $common --out $R/$name ${runs[$name]} > $R/$name.log 2>&1 &
-  running=$((running + 1))
-  if [ $running -ge $JOBS ]; then wait; running=0; fi
-done
-wait
-for name in $names; do cp $R/$name.log $OUT/$name.log; cp $R/$name/summary.json $OUT/${name}_summary.json; done
-hpclm analyze $(for n in $names; do echo $R/$n; done) --skip-steps 5 > $OUT/analyze.txt 2>&1
+run_all "$names"
 python $OUT/table.py $R $names > $OUT/table.txt

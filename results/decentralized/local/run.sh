@@ -4,6 +4,7 @@
 # JOBS=5 runs the five at once (one waits for all). Then hpclm analyze, a table and the figure.
 cd "$(dirname "$0")/../../.."
 source jobscripts/env.sh
+source results/decentralized/run_all.sh
 export HPCLM_OVERSUBSCRIBED=1
 NP=4; STEPS=${STEPS:-512}; JOBS=${JOBS:-1}; R=${R:-runs/decentralized/local}; OUT=results/decentralized/local
 mkdir -p $R
@@ -18,13 +19,5 @@ declare -A runs=(
   [diloco_h64]="--set parallel.sync=local --set local.outer=diloco --set local.steps=64"
 )
 names="allreduce local_h4 local_h16 diloco_h16 diloco_h64"
-running=0
-for name in $names; do
-  mpiexec -n $NP hpclm train $common --out $R/$name ${runs[$name]} > $R/$name.log 2>&1 &
-  running=$((running + 1))
-  if [ $running -ge $JOBS ]; then wait; running=0; fi
-done
-wait
-for name in $names; do cp $R/$name.log $OUT/$name.log; cp $R/$name/summary.json $OUT/${name}_summary.json; done
-hpclm analyze $(for n in $names; do echo $R/$n; done) --skip-steps 5 > $OUT/analyze.txt 2>&1
+run_all "$names"
 python $OUT/plot.py $R $OUT $names
