@@ -3,6 +3,7 @@
 # global batch, so the same trajectory up to float32 round-off); then n_embd 512 for a few
 # steps at P = 1, tp = 2 and dp = 2 (step time, tokens/s, tp_comm share, bytes per group), and
 # the closed form of the tp group's bytes per step next to the measured ones.
+# Then the same n_embd 512 at P = 4: tp 4, dp 4 and tp 2 x dp 2 (P4=0 skips them).
 #   STEPS=500 BIG_STEPS=30 OUT=results/tensor_parallel bash jobscripts/tensor_parallel.sh
 source "$(dirname "$0")/env.sh"
 source jobscripts/char_run.sh
@@ -19,6 +20,15 @@ NP=2 char_run "$RUNS/n512_tp2" "$OUT" "${big[@]}" --set parallel.tp=2
 NP=2 char_run "$RUNS/n512_dp2" "$OUT" "${big[@]}"
 hpclm analyze "$RUNS"/char_tp1 "$RUNS"/char_tp2 "$RUNS"/n512_p1 "$RUNS"/n512_tp2 "$RUNS"/n512_dp2 \
   --csv "$OUT/tensor_parallel.csv" | tee "$OUT/analyze.txt"
+# P = 4 (two ranks per core on a 2-core machine: HPCLM_OVERSUBSCRIBED=1 makes waiting ranks yield)
+if [ "${P4:-1}" = 1 ]; then
+  export HPCLM_OVERSUBSCRIBED=1 MPIR_CVAR_ENABLE_HEAVY_YIELD=1
+  NP=4 char_run "$RUNS/n512_tp4" "$OUT" "${big[@]}" --set parallel.tp=4
+  NP=4 char_run "$RUNS/n512_dp4" "$OUT" "${big[@]}"
+  NP=4 char_run "$RUNS/n512_tp2_dp2" "$OUT" "${big[@]}" --set parallel.tp=2
+  hpclm analyze "$RUNS"/n512_tp4 "$RUNS"/n512_dp4 "$RUNS"/n512_tp2_dp2 --csv "$OUT/tensor_parallel_p4.csv" \
+    | tee "$OUT/analyze_p4.txt"
+fi
 python - <<'PY' | tee "$OUT/bytes_closed_form.txt"
 # MPI's all-reduce is charged 2 (P-1)/P n bytes (hpclm.comm.counters); float32, one micro-batch per rank.
 from hpclm.config import build_config

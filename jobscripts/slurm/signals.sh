@@ -17,7 +17,15 @@ step() {
   local rc
   while :; do
     rc=0; wait "$HPCLM_STEP_PID" || rc=$?
-    kill -0 "$HPCLM_STEP_PID" 2>/dev/null || return "$rc"   # else: wait was cut short by a trapped signal
+    kill -0 "$HPCLM_STEP_PID" 2>/dev/null && continue      # wait was cut short by a trapped signal
+    if [ "$rc" -ne 0 ] && [ "$HPCLM_SIGNALLED" = 1 ]; then
+      # The forwarded signal reached the tasks before hpclm's handlers (srun still starting them; seen
+      # in CI: a requeued attempt got the time-limit USR1 one second after it started): nothing was
+      # lost beyond that attempt, so it counts as stopped early (requeue_unless_finished decides).
+      echo "[slurm] the step ended by the forwarded signal (exit $rc)"
+      return 0
+    fi
+    return "$rc"
   done
 }
 requeue_unless_finished() {
