@@ -44,6 +44,7 @@ from mpi4py import MPI
 from hpclm.comm.wire import Wire
 from hpclm.optim import build_optimizer, clip_by_global_norm
 from hpclm.parallel.optimizer import _UNTIMED, CheckpointState, DistributedOptimizer
+from hpclm.parallel.replicas import mean_over
 from hpclm.parallel.state import gather_states, rows_for_rank
 from hpclm.parallel.topology import build_topology
 
@@ -59,7 +60,7 @@ class NeighbourAllreduce:
     def __init__(self, group, topology):
         self.group, self.topology = group, topology
         self.rank = group.Get_rank()
-        self._bufs = []
+        self._bufs, self._send = [], None                 # (G,) receive buffers per in-neighbour, send copy
 
     def __call__(self, x, step):
         """Mix the host array `x` (G,) in place with the neighbours of `step`."""
@@ -68,14 +69,18 @@ class NeighbourAllreduce:
             return x
         while len(self._bufs) < len(inbound):
             self._bufs.append(np.empty_like(x))
+        if self._send is None:
+            self._send = np.empty_like(x)
         wire = Wire(self.group, KEY)
-        send = x.copy()                                   # x is overwritten below while sends may still read
+        np.copyto(self._send, x)                          # x is overwritten below while sends may still read
         reqs = [wire.irecv(self._bufs[k], j) for k, (j, _) in enumerate(inbound)]
-        reqs += [wire.isend(send, k) for k in outbound]
+        reqs += [wire.isend(self._send, k) for k in outbound]
         MPI.Request.Waitall(reqs)
         x *= x.dtype.type(self_w)
         for k, (_, w) in enumerate(inbound):
-            x += x.dtype.type(w) * self._bufs[k]          # (G,)
+            buf = self._bufs[k]                           # (G,) received: scaled in place, then added
+            buf *= x.dtype.type(w)
+            x += buf
         wire.commit()
         return x
 
@@ -269,13 +274,7 @@ class GossipOptimizer(DistributedOptimizer):
     # ------------------------------------------------------------------------ agreement
     def mean_params(self):
         """x̄ (G,) over the dp group (collective)."""
-        flat = self.model.flat
-        if self.world == 1:
-            return flat.copy()
-        out = np.empty_like(flat)
-        self.group.Allreduce(flat, out, op=MPI.SUM)
-        out /= self.world
-        return out
+        return mean_over(self.group, self.model.flat)
 
     def consensus_distance(self):
         """This rank's ||x_i - x̄||^2 (collective)."""

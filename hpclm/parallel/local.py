@@ -34,13 +34,12 @@ momentum and the codec's error buffers go to /extra as (P, ...) rows, and resumi
 size hands each rank its row (the run continues bit for bit, mid-period too). Another dp size
 resumes every rank from x̄ with the anchor and outer momentum (equal on every rank) kept.
 """
-import numpy
 
 from hpclm import comm as collectives
 from hpclm import xp as X
 from hpclm.optim import build_optimizer
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer
-from hpclm.parallel.replicas import check_identical
+from hpclm.parallel.replicas import check_identical, mean_over
 from hpclm.parallel.state import codecs_state, gather_states, load_codecs_state
 from hpclm.parallel.sync import GradSync
 
@@ -59,17 +58,6 @@ def last_sync(t, steps, warmup_steps):
     if t <= warmup_steps:
         return t
     return max(warmup_steps, (t // steps) * steps)
-
-
-def mean_over(group, arr):
-    """(n,) host copy of `arr` averaged over `group` by MPI's Allreduce (not in hpclm.comm's counters)."""
-    host = numpy.ascontiguousarray(X.to_host(arr)).copy()
-    size = 1 if group is None else group.Get_size()
-    if size > 1:
-        total = numpy.empty_like(host)
-        group.Allreduce(host, total)                  # sum
-        host = total / host.dtype.type(size)
-    return host
 
 
 class OwnGradient(GradSync):
