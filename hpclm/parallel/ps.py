@@ -204,7 +204,7 @@ class PSWorker(DistributedOptimizer):
         with self.timer.region("comm_wait"):
             MPI.Request.Waitall(requests)
         for k, (lo, hi) in enumerate(self._shards()):
-            flat[lo:hi] = X.to_device(self.pulled[k].astype(self.model.dtype, copy=False))
+            flat[lo:hi] = X.to_device(self.pulled[k])          # the assignment casts an fp16 pull
 
     def _push_buffers(self, k, grad):
         """The arrays that carry shard k's gradient: itself, or a header and its compressed payload."""
