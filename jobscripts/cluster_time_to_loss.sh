@@ -3,8 +3,8 @@
 # global batch of BATCH (4: one sequence per rank, so that at 100 Mbit/s the uncompressed all-reduce is
 # most of a step), shortened to STEPS (400) steps, on HOSTS (4) emulated hosts x 1 rank at each link
 # rate of RATES ("100mbit 1gbit"), once per
-# method of METHODS (uncompressed ring, fp16, top-k 1 %, PowerSGD rank 4, 1-bit Adam; local16 and
-# diloco16: local SGD and DiLoCo averaging every 16 steps), then the
+# method of METHODS (uncompressed ring, fp16, top-k 1 %, PowerSGD rank 4, 1-bit Adam; localH and
+# dilocoH: local SGD and DiLoCo averaging every H steps, e.g. local16), then the
 # table and loss-vs-wall-time figure (jobscripts/cluster_time_to_loss.py). Needs root.
 #   STEPS=400 BATCH=4 RATES="100mbit 1gbit" METHODS="none fp16 topk powersgd onebit_adam" bash jobscripts/cluster_time_to_loss.sh
 source "$(dirname "$0")/env.sh"
@@ -22,8 +22,8 @@ method_sets() {
     topk) echo "--set compress.name=topk --set compress.density=0.01" ;;
     powersgd) echo "--set compress.name=powersgd --set compress.powersgd_rank=4" ;;
     onebit_adam) echo "--set compress.name=ef_sign --set compress.onebit_adam=true --set compress.warmup_steps=$WARMUP --set optim.freeze_variance_step=$WARMUP" ;;
-    local16) echo "--set parallel.sync=local --set local.steps=16" ;;
-    diloco16) echo "--set parallel.sync=local --set local.steps=16 --set local.outer=diloco" ;;
+    local[0-9]*) echo "--set parallel.sync=local --set local.steps=${1#local}" ;;
+    diloco[0-9]*) echo "--set parallel.sync=local --set local.steps=${1#diloco} --set local.outer=diloco" ;;
     *) echo "unknown method $1" >&2; exit 2 ;;
   esac
 }
