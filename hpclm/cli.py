@@ -9,6 +9,7 @@ they are imported only when chosen, so `hpclm sample` never starts MPI. Error po
 Before MPI_Abort the message is flushed and handed on (hpclm.errors.drain_stderr): mpiexec ends
 the job on the abort and drops output its proxy has not read yet. When several ranks fail at
 once, rank 0's report is the one printed: the others wait a moment, and rank 0's abort ends them.
+Every command runs with malloc keeping freed large blocks (hpclm.heap).
 """
 import argparse
 import importlib
@@ -16,6 +17,7 @@ import sys
 import time
 import traceback
 
+from hpclm import heap
 from hpclm.errors import UserError, drain_stderr
 from hpclm.version import __version__
 
@@ -108,6 +110,7 @@ def main(argv=None):
     if getattr(args, "_missing", None):
         print(f"hpclm: error: {args._missing} is not part of this build", file=sys.stderr)
         return 2
+    heap.keep_freed_blocks()
     try:
         return importlib.import_module(args._module).run(args) or 0
     except UserError as exc:

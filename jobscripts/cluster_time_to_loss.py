@@ -15,9 +15,26 @@ import numpy as np
 
 from hpclm.timing.reader import read_run
 
-METHODS = ["none", "fp16", "topk", "powersgd", "onebit_adam", "local16", "diloco16"]
+METHODS = ["none", "fp16", "topk", "powersgd", "onebit_adam"]       # then localH, dilocoH by H
 LABELS = {"none": "ring (uncompressed)", "fp16": "fp16", "topk": "top-k 1 %", "powersgd": "PowerSGD rank 4",
-          "onebit_adam": "1-bit Adam", "local16": "local SGD H = 16", "diloco16": "DiLoCo H = 16"}
+          "onebit_adam": "1-bit Adam"}
+
+
+def label(method):
+    """The table's name of a method: LABELS, or local SGD / DiLoCo with its H from localH / dilocoH."""
+    for prefix, name in (("local", "local SGD"), ("diloco", "DiLoCo")):
+        if method.startswith(prefix) and method[len(prefix):].isdigit():
+            return f"{name} H = {method[len(prefix):]}"
+    return LABELS[method]
+
+
+def ordered(methods):
+    """The methods in table order: METHODS' order, then local SGD and DiLoCo by H."""
+    def key(m):
+        if m in METHODS:
+            return (METHODS.index(m), 0)
+        return (len(METHODS) + m.startswith("diloco"), int(m.lstrip("abcdefghijklmnopqrstuvwxyz")))
+    return sorted(methods, key=key)
 
 
 def rate_bits(rate):
@@ -59,7 +76,7 @@ def main():
     rows = []
     for rate in rates:
         base = None
-        for method in [m for m in METHODS if (rate, m) in runs]:
+        for method in ordered(m for r, m in runs if r == rate):
             rec = runs[rate, method]
             steps, loss, t = curve(rec)
             hit = np.nonzero(loss <= target)[0]
@@ -82,7 +99,7 @@ def main():
     lines = [f"target: validation loss {target:.4f} (uncompressed ring at {rates[0]}, step {target_step})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(str(v) for v in [r["rate"], LABELS[r["method"]], r["step_ms"], r["sent_mb_per_step"],
+        lines.append("| " + " | ".join(str(v) for v in [r["rate"], label(r["method"]), r["step_ms"], r["sent_mb_per_step"],
                      f"{100 * r['comm_share']:.0f} %", r["steps_to_target"], r["time_to_target_s"], r["speedup_vs_ring"],
                      r["final_val_loss"], r["total_s"]]) + " |")
     (out / "time_to_loss.md").write_text("\n".join(lines) + "\n")
@@ -92,9 +109,9 @@ def main():
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.2), squeeze=False)
     for ax, rate in zip(axes[0], rates):
-        for method in [m for m in METHODS if (rate, m) in runs]:
+        for method in ordered(m for r, m in runs if r == rate):
             _, loss, t = curve(runs[rate, method])
-            ax.plot(t, loss, marker=".", label=LABELS[method])
+            ax.plot(t, loss, marker=".", label=label(method))
         ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.3f}")
         ax.set(title=f"4 emulated hosts, {rate} links", xlabel="wall time (s)", ylabel="validation loss", xscale="log")
         ax.grid(alpha=0.3)

@@ -26,6 +26,21 @@ GELU_CUBIC = 0.044715
 CHUNK = 1 << 16
 
 
+# ---------------------------------------------------------------------------------------- embedding
+@njit(cache=True, nogil=True)
+def _scatter_add_rows(table, ids, rows):
+    """table[ids[r]] += rows[r] for r in order: np.add.at's arithmetic, bit for bit."""
+    for r in range(ids.size):
+        dst, src = table[ids[r]], rows[r]
+        for c in range(src.size):
+            dst[c] += src[c]
+
+
+def scatter_add_rows(table, ids, rows):
+    """The embedding gradient: table (V, C) += the rows (N, C) of dx at token ids (N,)."""
+    _scatter_add_rows(table, np.ascontiguousarray(ids), np.ascontiguousarray(rows))
+
+
 # ---------------------------------------------------------------------------------------- layernorm
 @njit(cache=True, nogil=True)
 def _layernorm_fwd(x, w, b, out, xhat, rstd):

@@ -46,6 +46,9 @@ def embedding_backward(dx, idx, dwte, dwpe):
     C = dx.shape[1]
     xp = X.array_module(dx)
     dwpe[:T] += dx.reshape(B, T, C).sum(axis=0)                # (T, C)
+    if _fused(dx):
+        _fused(dx).scatter_add_rows(dwte, idx.reshape(-1), dx)
+        return
     xp.add.at(dwte, idx.reshape(-1), dx)                       # scatter-add rows (repeated ids add up)
 
 

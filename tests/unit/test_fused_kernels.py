@@ -131,3 +131,20 @@ def test_adamw_bit_identical(dtype, freeze, hook, restore_kernels):
         return p, opt.state["exp_avg"].copy(), opt.state["exp_avg_sq"].copy()
     for a, b in zip(*both(run)):
         assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,V,C", [(0, 3, 4), (1, 1, 1), (37, 5, 33), (256, 65, 128)])
+def test_embedding_backward_bit_identical(N, V, C, dtype, restore_kernels):
+    """The scatter-add of the token gradient rows, repeated ids included, adds in np.add.at's order."""
+    rng = np.random.default_rng(N + V)
+    idx = rng.integers(0, V, (1, N))
+    dx = rng.standard_normal((N, C)).astype(dtype)
+    start = rng.standard_normal((V, C)).astype(dtype)                 # accumulation onto earlier micro-batches
+
+    def run():
+        dwte, dwpe = start.copy(), np.zeros((max(N, 1), C), dtype)
+        L.embedding_backward(dx, idx, dwte, dwpe)
+        return dwte, dwpe
+    for a, c in zip(*both(run)):
+        assert np.array_equal(a, c)
