@@ -30,11 +30,17 @@ if [ -z "${SKIP_BUBBLE:-}" ]; then
   done; done; done
   python results/pipeline/tables.py bubble $RUNS "$OUT"
 fi
-if [ -z "${SKIP_INTERLEAVED:-}" ]; then   # interleaved (v = 2) and 1f1b on the same 2p-block model, A/B in turn
-  for rep in 1 2 3; do for p in 2 4; do for m in 4 8; do for s in 1f1b interleaved; do
-    mpiexec -n $p hpclm train $(common $p $m $s $((2 * p))) --out $RUNS/inter_${s}_p${p}_m${m}_r${rep} \
-      --overwrite > /dev/null
+if [ -z "${SKIP_INTERLEAVED:-}" ]; then   # interleaved (v = 2) and 1f1b on the same 2p-block model, A/B in turn:
+  # small ops (the sweep's micro-batch of 2 x 64 tokens, n_embd 128) and large ops (4 x 128 tokens, n_embd 256)
+  LARGE="--set model.n_embd=256 --set model.block_size=128"
+  for size in ${SIZES:-small large}; do
+  reps=3; [ $size = large ] && reps=2
+  for rep in $(seq $reps); do for p in 2 4; do for m in 4 8; do for s in 1f1b interleaved; do
+    extra=""; [ $size = large ] && extra="$LARGE --set train.batch_size=$((4 * m)) --set train.max_steps=6"
+    mpiexec -n $p hpclm train $(common $p $m $s $((2 * p))) $extra \
+      --out $RUNS/inter_${size}_${s}_p${p}_m${m}_r${rep} --overwrite > /dev/null
   done; done; done; done
+  done
   python results/pipeline/tables.py interleaved $RUNS "$OUT"
 fi
 if [ -z "${SKIP_MEMORY:-}" ]; then

@@ -40,28 +40,28 @@ def bubbles(runs, out):
 
 
 def interleaved(runs, out):
-    """Each (p, m): 1f1b and interleaved (v = 2) on the same model, their runs taken in turn; the
-    measured bubble of each repetition, their mean, against (p - 1)/(v m + p - 1)."""
+    """Each op size and (p, m): 1f1b and interleaved (v = 2) on the same model, their runs taken in
+    turn; the measured bubble of each repetition and their mean, against (p - 1)/(v m + p - 1)."""
     rows = []
-    for p in (2, 4):
-        for m in (4, 8):
-            for s, v in (("1f1b", 1), ("interleaved", 2)):
-                reps = sorted(runs.glob(f"inter_{s}_p{p}_m{m}_r*"))
-                got = [bubble(read_run(r), SKIP) for r in reps]
-                per = np.mean([g.per_stage for g in got], axis=0)
-                rows.append((s, v, p, m, closed_form(p, m, v), [g.measured for g in got], per))
+    for size in ("small", "large"):
+        for p in (2, 4):
+            for m in (4, 8):
+                for s, v in (("1f1b", 1), ("interleaved", 2)):
+                    got = [bubble(read_run(r), SKIP) for r in sorted(runs.glob(f"inter_{size}_{s}_p{p}_m{m}_r*"))]
+                    rows.append((size, s, v, p, m, closed_form(p, m, v), [g.measured for g in got],
+                                 np.mean([g.per_stage for g in got], axis=0)))
     with open(out / "bubble_interleaved.csv", "w") as fh:
-        fh.write("schedule,chunks,p,m,closed_form,measured_mean,relative_error,measured_reps,per_stage_mean\n")
-        for s, v, p, m, cf, reps, per in rows:
+        fh.write("ops,schedule,chunks,p,m,closed_form,measured_mean,relative_error,measured_reps,per_stage_mean\n")
+        for size, s, v, p, m, cf, reps, per in rows:
             x = float(np.mean(reps))
-            fh.write(f"{s},{v},{p},{m},{cf:.4f},{x:.4f},{(x - cf) / cf:+.3f},{' '.join(f'{r:.4f}' for r in reps)},"
-                     f"{' '.join(f'{q:.4f}' for q in per)}\n")
+            fh.write(f"{size},{s},{v},{p},{m},{cf:.4f},{x:.4f},{(x - cf) / cf:+.3f},"
+                     f"{' '.join(f'{r:.4f}' for r in reps)},{' '.join(f'{q:.4f}' for q in per)}\n")
     with open(out / "bubble_interleaved.md", "w") as fh:
-        fh.write("| schedule | v | p | m | (p-1)/(vm+p-1) | measured (mean) | rel. diff | repetitions | per stage (mean) |\n"
-                 "|---|---|---|---|---|---|---|---|---|\n")
-        for s, v, p, m, cf, reps, per in rows:
+        fh.write("| ops | schedule | v | p | m | (p-1)/(vm+p-1) | measured (mean) | rel. diff | repetitions | "
+                 "per stage (mean) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        for size, s, v, p, m, cf, reps, per in rows:
             x = float(np.mean(reps))
-            fh.write(f"| {s} | {v} | {p} | {m} | {cf:.3f} | {x:.3f} | {(x - cf) / cf:+.1%} | "
+            fh.write(f"| {size} | {s} | {v} | {p} | {m} | {cf:.3f} | {x:.3f} | {(x - cf) / cf:+.1%} | "
                      f"{' '.join(f'{r:.3f}' for r in reps)} | {' '.join(f'{q:.3f}' for q in per)} |\n")
 
 
