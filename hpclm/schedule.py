@@ -27,5 +27,6 @@ def run(args):
     print(diagram(slots))
     form = "(p-1)/(m+p-1)" if chunks == 1 else "(p-1)/(v m+p-1)"
     print(f"bubble {bubble_fraction(slots):.3f} (closed form {form} = {closed_form(p, m, chunks):.3f}); "
-          f"micro-batch{' chunk' if chunks > 1 else ''}s in flight per stage: {[peak_in_flight(s) for s in ops]}")
+          f"{'micro-batch chunks' if chunks > 1 else 'micro-batches'} in flight per stage: "
+          f"{[peak_in_flight(s) for s in ops]}")
     return 0
