@@ -9,6 +9,8 @@ every strategy (hpclm.parallel.optimizer):
     loss               a forward-only pass through the pipeline (evaluation)
     checkpoint/restore the single-process layout: every stage's parameters and optimizer state
                        gathered to the pipeline's first rank (buffer Send/Recv), sliced on resume
+                       (an interleaved stage's chunks each to their place: `ranges` holds every
+                       pp rank's chunk ranges, hpclm.parallel.build.stage_ranges)
 
 With parallel.zero = 1 (`zero`, a hpclm.parallel.zero.ZeroOptimizer over the stage's dp group) the
 stage's optimizer state is sharded over its dp replicas: after the tied gradients are summed, its
