@@ -190,13 +190,14 @@ class ParallelConfig:
     zero: int = 0                # ZeRO stage over the dp group: 0 off, 1 optimizer state, 2 + gradients, 3 + parameters
     micro_batches: int = 1       # pipeline micro-batches per step (per dp rank; without a pipeline: more accumulation)
     schedule: str = "1f1b"       # pipeline schedule: gpipe | 1f1b | interleaved
-    stage_layers: str = ""       # blocks per pipeline stage, e.g. "3,1"; "" = balanced by parameter count
+    chunks: int = 1              # model chunks (virtual stages) per pipeline rank: >= 2 with interleaved, else 1
+    stage_layers: str = ""       # blocks per pipeline stage (virtual stage: pp x chunks entries), e.g. "3,1"; "" = balanced
     recompute: str = "none"      # activation recomputation: none | block (keep block inputs, rerun forward in backward)
     sync: str = "allreduce"      # how dp replicas agree: allreduce | ps | gossip | local ([ps], [gossip], [local])
     sequence_parallel: bool = False  # tp > 1: LayerNorms and residuals on token-row shards (Korthikanti et al. 2022)
 
     def validate(self):
-        for name in ("tp", "pp", "micro_batches"):
+        for name in ("tp", "pp", "micro_batches", "chunks"):
             if getattr(self, name) < 1:
                 raise UserError(f"parallel.{name} must be >= 1, got {getattr(self, name)}")
         if self.dp < 0:
@@ -209,9 +210,12 @@ class ParallelConfig:
             raise UserError(f"parallel.recompute must be one of {', '.join(RECOMPUTE)}, got {self.recompute!r}")
         if self.sync not in SYNCS:
             raise UserError(f"parallel.sync must be one of {', '.join(SYNCS)}, got {self.sync!r}")
-        if self.schedule == "interleaved":
-            raise UserError("parallel.schedule=interleaved is not built yet: the executor runs one model chunk "
-                            "per stage (gpipe or 1f1b)")
+        if self.schedule == "interleaved" and self.chunks < 2:
+            raise UserError("parallel.schedule=interleaved needs parallel.chunks >= 2 (model chunks per pipeline "
+                            "rank; one chunk per rank is parallel.schedule=1f1b)")
+        if self.schedule != "interleaved" and self.chunks != 1:
+            raise UserError(f"parallel.chunks={self.chunks} needs parallel.schedule=interleaved ({self.schedule} runs "
+                            f"one model chunk per pipeline rank)")
         if self.stage_layers and not re.fullmatch(r"\d+(,\d+)*", self.stage_layers):
             raise UserError(f"parallel.stage_layers must look like 2,2 (blocks per stage), got {self.stage_layers!r}")
         if self.pp > 1 and self.zero > 1:
@@ -326,13 +330,19 @@ class Config:
         for f in fields(self):
             getattr(self, f.name).validate()
         p = self.parallel
-        if p.pp > 1 and not p.stage_layers and p.pp > self.model.n_layer:
-            raise UserError(f"parallel.pp ({p.pp}) is larger than model.n_layer ({self.model.n_layer}): "
+        stages = p.pp * p.chunks                               # virtual stages
+        if p.pp > 1 and not p.stage_layers and stages > self.model.n_layer:
+            what = f"parallel.pp ({p.pp})" + (f" x parallel.chunks ({p.chunks})" if p.chunks > 1 else "")
+            raise UserError(f"{what} is larger than model.n_layer ({self.model.n_layer}): "
                             f"every stage needs at least one block")
-        if p.stage_layers and (len(p.stage_layer_counts()) != p.pp or sum(p.stage_layer_counts()) != self.model.n_layer
+        if p.stage_layers and (len(p.stage_layer_counts()) != stages or sum(p.stage_layer_counts()) != self.model.n_layer
                                or min(p.stage_layer_counts()) < 1):
-            raise UserError(f"parallel.stage_layers ({p.stage_layers}) must give each of the {p.pp} stages at least "
+            what = f"{stages} stages" + (" (parallel.pp x parallel.chunks)" if p.chunks > 1 else "")
+            raise UserError(f"parallel.stage_layers ({p.stage_layers}) must give each of the {what} at least "
                             f"one block and sum to model.n_layer ({self.model.n_layer})")
+        if p.pp > 1 and p.schedule == "interleaved" and p.micro_batches % p.pp:
+            raise UserError(f"parallel.schedule=interleaved needs parallel.micro_batches ({p.micro_batches}) to be a "
+                            f"multiple of parallel.pp ({p.pp})")
         if p.pp > 1 and self.train.grad_accum > 1:
             raise UserError("with parallel.pp > 1 use parallel.micro_batches, not train.grad_accum")
         if p.pp > 1 and self.compress.onebit_adam:

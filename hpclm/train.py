@@ -111,8 +111,8 @@ def build_model(cfg, threads, groups, timer=None):
         from hpclm.parallel.grid import build_grid_stage
         return build_grid_stage(cfg, groups, timer)
     if cfg.parallel.pp > 1:
-        first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
-        model = StageModel(cfg.model, first, stop, seed=cfg.train.seed, dtype=cfg.train.dtype)
+        model = StageModel(cfg.model, stage_ranges(cfg)[groups.pp.Get_rank()], seed=cfg.train.seed,
+                           dtype=cfg.train.dtype)
     elif cfg.parallel.tp > 1:
         from hpclm.parallel.tensor import build_tensor_model
         model = build_tensor_model(cfg, groups.tp, timer)

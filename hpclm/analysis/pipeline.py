@@ -1,7 +1,8 @@
 """Pipeline runs (parallel.pp > 1) from their records: the measured bubble, and the timeline figure.
 
     bubble(record, skip_steps=1)        # PipelineBubble: the whole pipeline's and each stage's
-    closed_form(p, m)                   # (p - 1) / (m + p - 1), GPipe and 1F1B with balanced stages
+    closed_form(p, m, v=1)              # (p - 1) / (v m + p - 1): GPipe and 1F1B (v = 1), interleaved
+                                        # over v chunks per stage, balanced stages
     timeline(path, trace_json, pp)      # stages x time, a box per forward / backward per micro-batch
 
 Measured bubble of one step: every rank of a pipeline starts the step together (the previous
@@ -13,7 +14,8 @@ ideal machine), and stage s's own is 1 - busy_s / span (dp replicas averaged; wi
 span is the longest window of all replicas). Each is the median over the counted steps.
 
 The timeline reads RUN_DIR/trace.json (train.trace): on each stage the k-th forward (backward)
-region of a step is micro-batch k's, as GPipe and 1F1B run their micro-batches in order.
+region of a step is micro-batch k's, as GPipe and 1F1B run their micro-batches in order (the
+interleaved schedule's v m forwards per stage are numbered 0..v m - 1 in the order they ran).
 """
 import json
 from dataclasses import dataclass
@@ -31,15 +33,18 @@ class PipelineBubble:
     schedule: str
     measured: float              # the pipeline's bubble (median over steps)
     per_stage: list              # stage s's idle share of the span (median over steps)
+    chunks: int = 1              # model chunks per stage (interleaved)
 
     @property
     def expected(self):
-        return closed_form(self.pp, self.micro_batches)
+        return closed_form(self.pp, self.micro_batches, self.chunks)
 
 
-def closed_form(p, m):
-    """Bubble fraction of GPipe and 1F1B with p balanced stages and m micro-batches."""
-    return (p - 1) / (m + p - 1)
+def closed_form(p, m, v=1):
+    """Bubble fraction of GPipe and 1F1B (v = 1) with p balanced stages and m micro-batches, and of
+    the interleaved schedule over v chunks per stage (Narayanan et al. 2021, §2.2: the bubble time
+    (p - 1) / v of a micro-batch's, so a fraction (p - 1) / (v m + p - 1) of the step)."""
+    return (p - 1) / (v * m + p - 1)
 
 
 def stage_of_rank(layout, rank):
@@ -62,13 +67,14 @@ def bubble(record, skip_steps=1):
     whole = 1.0 - busy.sum(axis=1) / (record.world_size * span)
     par = cfg.get("parallel", {})
     return PipelineBubble(pp, int(par.get("micro_batches", 1)), str(par.get("schedule", "?")),
-                          float(np.median(whole)), per_stage)
+                          float(np.median(whole)), per_stage, int(par.get("chunks", 1)))
 
 
 def format_bubble(b):
     stages = " ".join(f"{x:.3f}" for x in b.per_stage)
+    form = "(p-1)/(m+p-1)" if b.chunks == 1 else f"(p-1)/(v m+p-1), v {b.chunks}"
     return (f"  pipeline bubble: measured {b.measured:.3f} ({b.schedule}, p {b.pp}, m {b.micro_batches}; "
-            f"closed form (p-1)/(m+p-1) {b.expected:.3f}); per stage {stages}")
+            f"closed form {form} {b.expected:.3f}); per stage {stages}")
 
 
 def trace_boxes(trace_json, pp, layout=None):

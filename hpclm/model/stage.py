@@ -1,19 +1,25 @@
-"""A pipeline stage's model: a contiguous range of the GPT's units with its own flat buffers.
+"""A pipeline rank's model: one or more contiguous ranges (chunks) of the GPT's units with one flat buffer.
 
-    stage = StageModel(cfg, first=0, stop=3, seed=1337)   # Embedding, Block 0, Block 1
-    stage.units, stage.flat, stage.grad_flat, stage.params, stage.grads, stage.layout
-    stage = StageModel.of(model, first, stop)              # the stage of any built GPT-like model
-                                                           # (e.g. a tensor-parallel ShardedGPT)
+    stage = StageModel(cfg, [(0, 3)], seed=1337)            # one chunk: Embedding, Block 0, Block 1
+    stage = StageModel(cfg, [(0, 2), (3, 4)], seed=1337)    # two chunks (interleaved): [Embedding,
+                                                            # Block 0] and [Block 2]
+    stage.chunks, stage.units, stage.flat, stage.grad_flat, stage.params, stage.grads, stage.layout
+    stage = StageModel.of(model, ranges)                    # the stage of any built GPT-like model
+                                                            # (e.g. a tensor-parallel ShardedGPT)
 
-`first`/`stop` index the GPT's units (0 = Embedding, 1..L = blocks, L + 1 = Head). The stage's
-flat layout holds the parameters its units own, in the GPT's order; a stage that holds the tied
-Head but not the Embedding keeps its own copy of wte after them (Megatron's word embeddings on
-the last stage), initialised like the first stage's, whose gradients the two stages sum
-(hpclm.parallel.pipeline) so that both copies stay equal. Initial values are the full GPT's, so a
-pipeline starts from exactly the single-process model. `StageModel.of(model, ...)` takes the stage
-of an already built model instead: of a tensor-parallel ShardedGPT it is the dp x tp x pp grid's
-stage (hpclm.parallel.grid), its tensors (the tied copy too) the tp rank's shards, its units the
-shard's vocab-parallel and tp-hooked ones. No MPI here.
+A range (first, stop) indexes the GPT's units (0 = Embedding, 1..L = blocks, L + 1 = Head). With
+the interleaved schedule a rank holds v non-adjacent chunks, virtual stages s, s + p, s + 2p, ...
+of the p v virtual stages (`interleave`); `chunks[c]` is chunk c's list of units, `units` all of
+them in order. The flat layout holds the parameters the units own, in the GPT's order (so the
+gradient sync, ZeRO, clipping and checkpoints see one buffer however many chunks it has); a
+stage that holds the tied Head but not the Embedding keeps its own copy of wte after them
+(Megatron's word embeddings on the last stage), initialised like the first stage's, whose
+gradients the two stages sum (hpclm.parallel.pipeline) so that both copies stay equal. Initial
+values are the full GPT's, so a pipeline starts from exactly the single-process model.
+`StageModel.of(model, ...)` takes the stage of an already built model instead: of a
+tensor-parallel ShardedGPT it is the dp x tp x pp grid's stage (hpclm.parallel.grid), its tensors
+(the tied copy too) the tp rank's shards, its units the shard's vocab-parallel and tp-hooked ones.
+No MPI here.
 
 `balanced_ranges(cfg, stages)` cuts the units into stages of about equal parameter counts.
 """
@@ -53,8 +59,8 @@ def balanced_ranges(cfg, stages):
     keeping at least one block per stage (the Embedding joins the first, the Head the last)."""
     L = cfg.n_layer
     if not 1 <= stages <= L:
-        raise UserError(f"parallel.pp ({stages}) must be between 1 and model.n_layer ({L}): "
-                        f"every stage needs at least one block")
+        raise UserError(f"the pipeline's {stages} stages (parallel.pp x parallel.chunks) must be between 1 and "
+                        f"model.n_layer ({L}): every stage needs at least one block")
     sizes = unit_sizes(cfg)
     prefix = numpy.concatenate([[0], numpy.cumsum(sizes)])     # prefix[c] = parameters of units < c
     cuts, lo = [], 2
@@ -67,16 +73,29 @@ def balanced_ranges(cfg, stages):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def stage_layout(cfg, first, stop):
-    """(layout of the stage's flat buffer, whether it holds a tied copy of wte) for units [first, stop)."""
-    return _units_layout(ParamLayout(gpt2_shapes(cfg)), U.gpt_units(cfg)[first:stop], cfg.tie_weights, first, stop)
+def interleave(ranges, ranks):
+    """Virtual stages -> ranks: rank s holds ranges s, s + ranks, s + 2 ranks, ... (its chunks, in order)."""
+    return [list(ranges[s::ranks]) for s in range(ranks)]
 
 
-def _units_layout(model_layout, units, tie_weights, first, stop):
-    """The stage layout of `units` (a range of a model whose flat layout is `model_layout`), the
-    tensors' shapes taken from it (a tensor-parallel shard's are its shards)."""
-    if not units:
-        raise UserError(f"pipeline stage with units [{first}, {stop}) holds no unit")
+def stage_layout(cfg, ranges):
+    """(layout of the stage's flat buffer, whether it holds a tied copy of wte) for the chunks `ranges`."""
+    return _units_layout(ParamLayout(gpt2_shapes(cfg)), _chunks(U.gpt_units(cfg), ranges), cfg.tie_weights)
+
+
+def _chunks(units, ranges):
+    """[units of each range]; UserError for an empty one or ranges out of order."""
+    out = [units[first:stop] for first, stop in ranges]
+    if not ranges or not all(out) or any(a[1] > b[0] for a, b in zip(ranges, ranges[1:])):
+        raise UserError(f"pipeline stage with unit ranges {list(ranges)}: every chunk must hold a unit, "
+                        f"in order")
+    return out
+
+
+def _units_layout(model_layout, chunks, tie_weights):
+    """The stage layout of the units of `chunks` (ranges of a model whose flat layout is
+    `model_layout`), the tensors' shapes taken from it (a tensor-parallel shard's are its shards)."""
+    units = [u for chunk in chunks for u in chunk]
     names = [n for u in units for n in u.names]
     tied_copy = isinstance(units[-1], U.Head) and tie_weights and not isinstance(units[0], U.Embedding)
     if tied_copy:
@@ -96,26 +115,28 @@ class StageModel:
     tensor = None                  # a tensor-parallel shard's tp collectives (parallel/tensor.py)
     specs = None                   # and its {name: Shard or None} of the stage's tensors
 
-    def __init__(self, cfg, first, stop, seed=0, dtype="float32"):
-        self._take(GPT(cfg, seed=seed, dtype=dtype), first, stop)   # the same initial values as one process
+    def __init__(self, cfg, ranges, seed=0, dtype="float32"):
+        self._take(GPT(cfg, seed=seed, dtype=dtype), ranges)   # the same initial values as one process
 
     @classmethod
-    def of(cls, model, first, stop):
-        """The stage [first, stop) of a built GPT-like model (a GPT, or a tp shard ShardedGPT whose
-        `tensor` and shard `specs` the stage keeps): its units, their tensors' current values."""
+    def of(cls, model, ranges):
+        """The stage of chunks `ranges` [(first, stop)] of a built GPT-like model (a GPT, or a tp shard
+        ShardedGPT whose `tensor` and shard `specs` the stage keeps): its units, their tensors'
+        current values."""
         stage = cls.__new__(cls)
-        stage._take(model, first, stop)
+        stage._take(model, ranges)
         if getattr(model, "specs", None) is not None:
             stage.tensor = model.tensor
             stage.specs = {s.name: model.specs[s.name] for s in stage.layout.slots}
         return stage
 
-    def _take(self, full, first, stop):
+    def _take(self, full, ranges):
         cfg = full.cfg
-        self.layout, self.tied_copy = _units_layout(full.layout, full.units[first:stop], cfg.tie_weights,
-                                                    first, stop)
-        self.cfg, self.dtype, self.first, self.stop = cfg, full.dtype, first, stop
-        self.units = full.units[first:stop]
+        self.chunks = _chunks(full.units, ranges)                   # [[unit]] per chunk
+        self.layout, self.tied_copy = _units_layout(full.layout, self.chunks, cfg.tie_weights)
+        self.cfg, self.dtype, self.ranges = cfg, full.dtype, [tuple(r) for r in ranges]
+        self.first, self.stop = self.ranges[0][0], self.ranges[-1][1]   # first unit held, one past the last
+        self.units = [u for chunk in self.chunks for u in chunk]
         names = [s.name for s in self.layout.slots]
         xp = X.np
         self.flat = xp.zeros(self.layout.size, dtype=self.dtype)

@@ -26,7 +26,7 @@ and [comm] to choose a strategy, so the training loop never asks which one it ho
 from hpclm import compress
 from hpclm.compress.base import AGGREGATE_LOW_RANK
 from hpclm.compress.memory import build_with_memory
-from hpclm.model.stage import balanced_ranges, ranges_from_layers
+from hpclm.model.stage import balanced_ranges, interleave, ranges_from_layers
 from hpclm.optim import build_optimizer
 from hpclm.parallel.buckets import AllReduceSync
 from hpclm.parallel.compressed import CompressedSync
@@ -39,9 +39,12 @@ from hpclm.parallel.sync import Warmup
 
 
 def stage_ranges(cfg):
-    """[(first, stop)] unit ranges of the pipeline's stages (parallel.stage_layers, or balanced)."""
-    counts = cfg.parallel.stage_layer_counts()
-    return ranges_from_layers(cfg.model, counts) if counts else balanced_ranges(cfg.model, cfg.parallel.pp)
+    """[[(first, stop)] of each chunk] per pipeline rank: the pp x chunks virtual stages' unit ranges
+    (parallel.stage_layers, or balanced), rank s holding virtual stages s, s + pp, ..."""
+    p = cfg.parallel
+    counts = p.stage_layer_counts()
+    ranges = ranges_from_layers(cfg.model, counts) if counts else balanced_ranges(cfg.model, p.pp * p.chunks)
+    return interleave(ranges, p.pp)
 
 
 def build_grad_sync(cfg, group, model, timer=None):

@@ -1,6 +1,6 @@
 """The dp x tp x pp grid: a pipeline stage whose model is a tensor-parallel shard.
 
-    stage = build_grid_stage(cfg, groups, timer)       # StageModel.of(ShardedGPT, first, stop)
+    stage = build_grid_stage(cfg, groups, timer)       # StageModel.of(ShardedGPT, the rank's chunk ranges)
     strategy = GridOptimizer(stage, ...)                # parallel/build.py builds it for tp > 1, pp > 1
 
 Every world rank holds stage `pp_idx` of tp rank `tp_idx`'s shard (hpclm.comm.layout). What each
@@ -39,8 +39,7 @@ from hpclm.parallel.tensor import TensorNorm, build_tensor_model, sum_spans
 
 def build_grid_stage(cfg, groups, timer=None):
     """This rank's stage (its pp index) of its tp shard (its tp index)."""
-    first, stop = stage_ranges(cfg)[groups.pp.Get_rank()]
-    return StageModel.of(build_tensor_model(cfg, groups.tp, timer), first, stop)
+    return StageModel.of(build_tensor_model(cfg, groups.tp, timer), stage_ranges(cfg)[groups.pp.Get_rank()])
 
 
 class GridOptimizer(PipelineOptimizer):
@@ -81,7 +80,7 @@ class GridOptimizer(PipelineOptimizer):
         """Every tp rank's (1 + states, shard size) rows -> (1 + states, stage size) in the stage's
         unsharded layout (hpclm.model.stage.stage_layout)."""
         m = self.model
-        layout, _ = stage_layout(m.cfg, m.first, m.stop)
+        layout, _ = stage_layout(m.cfg, m.ranges)
         specs = [shard_specs(m.cfg, len(shards), r) for r in range(len(shards))]
         return numpy.stack([unshard_flat([s[i] for s in shards], layout, m.layout, specs)
                             for i in range(shards[0].shape[0])])
@@ -100,8 +99,8 @@ class GridOptimizer(PipelineOptimizer):
         cfg, names = self.model.cfg, sorted(self.optimizer.state)
         full_layout = ParamLayout(gpt2_shapes(cfg))
         full = numpy.zeros((rows.shape[0], full_layout.size), dtype=rows.dtype)
-        for part, (first, stop) in zip(stages, self.ranges):
-            layout, tied = stage_layout(cfg, first, stop)
+        for part, ranges in zip(stages, self.ranges):
+            layout, tied = stage_layout(cfg, ranges)
             for mine, theirs, n in full_offsets(cfg, layout, tied):
                 full[:, theirs:theirs + n] = part[:, mine:mine + n]
         state = {"t": self.optimizer.t, **{k: full[1 + i] for i, k in enumerate(names)}}

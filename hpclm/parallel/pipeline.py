@@ -1,18 +1,23 @@
-"""The pipeline executor: one stage's part of a step's schedule (hpclm.parallel.schedule), run over
-the stage's units (hpclm.model.stage.StageModel), with activations going forward and their
-gradients backward between neighbouring stages by buffer Isend/Irecv on the pp communicator.
+"""The pipeline executor: one pipeline rank's part of a step's schedule (hpclm.parallel.schedule),
+run over its model chunks (hpclm.model.stage.StageModel), with activations going forward and their
+gradients backward between neighbouring virtual stages by buffer Isend/Irecv on the pp communicator.
 
     engine = PipelineEngine(stage_model, pp_comm, "1f1b", micro_batches=4)
     loss = engine.run(batches, B, T, timer)    # batches[j] = (idx, targets) of micro-batch j;
                                                # the loss (mean over micro-batches) on the last stage
     engine.tie_gradients()                     # first + last stage: sum the two wte copies' gradients
 
-Shapes are static (B x T rows of C floats), so no handshake: every receive of the step is posted
-before the first op (its buffer kept for its micro-batch), sends go out non-blocking as soon as
-an op ends, and all sends are completed at the end of the step. Gradients accumulate over the
-micro-batches (the sum; the gradient sync's grad_scale 1/m makes it the mean). Bytes sent and
-received are counted under the pp communicator's group ("p2p" key); waiting for a neighbour is
-the `pp_wait` region (the bubble), the ops' compute `forward` / `backward`.
+Rank s of p holds v chunks (v = 1 but for the interleaved schedule): chunk c is virtual stage
+k = c p + s of the p v. Chunk c's activation goes to rank s + 1, chunk c (from rank p - 1 to
+rank 0, chunk c + 1), its gradient the reverse way; v = 1 is the plain pipeline. Shapes are
+static (B x T rows of C floats), so no handshake: every receive of the step is posted before the
+first op (its buffer kept for its micro-batch and chunk, the tag encoding (kind, micro-batch,
+receiving chunk)), sends go out non-blocking as soon as an op ends, and all sends are completed
+at the end of the step. Gradients accumulate over the micro-batches (the sum; the gradient sync's
+grad_scale 1/m makes it the mean). Bytes sent and received are counted under the pp communicator's
+group ("p2p" key); waiting for a neighbour is the `pp_wait` region (the bubble), the ops' compute
+`forward` / `backward`; the live caches (one per micro-batch and chunk) are the stage's
+activation bytes.
 """
 import math
 
@@ -28,75 +33,115 @@ UNTIMED = Timer(enabled=False)
 P2P_KEY = "p2p"
 
 
-def _tag(kind, micro):
-    return 2 * micro + (0 if kind == "F" else 1)
-
-
 class PipelineEngine:
     def __init__(self, model, pp_comm, schedule_name, micro_batches):
         self.model, self.comm = model, pp_comm
         self.P, self.rank = pp_comm.Get_size(), pp_comm.Get_rank()
-        self.m = micro_batches
-        self.ops = schedule(schedule_name, self.P, micro_batches)[self.rank]
-        self.first, self.last = self.rank == 0, self.rank == self.P - 1
+        self.m, self.v = micro_batches, len(model.chunks)
+        self.ops = schedule(schedule_name, self.P, micro_batches, self.v)[self.rank]
+        self.first, self.last = self.rank == 0, self.rank == self.P - 1      # hold the Embedding / the Head
         self.group = collectives.group_name(pp_comm)
         ends = [0, self.P - 1] if self.P > 1 else [0]
         color = 0 if self.rank in ends and model.cfg.tie_weights and self.P > 1 else MPI.UNDEFINED
         self.embedding_group = pp_comm.Split(color, self.rank)     # first and last stage (tied wte)
 
+    # -------------------------------------------------------------------- virtual stages
+    def virtual(self, chunk):
+        """The virtual stage of this rank's chunk."""
+        return chunk * self.P + self.rank
+
+    def receives_input(self, chunk):
+        return self.virtual(chunk) > 0
+
+    def sends_output(self, chunk):
+        return self.virtual(chunk) < self.P * self.v - 1
+
+    def upstream(self, chunk):
+        """(rank, chunk) of the virtual stage before this chunk's."""
+        return (self.rank - 1, chunk) if self.rank else (self.P - 1, chunk - 1)
+
+    def downstream(self, chunk):
+        """(rank, chunk) of the virtual stage after this chunk's."""
+        return (self.rank + 1, chunk) if self.rank < self.P - 1 else (0, chunk + 1)
+
+    def tag(self, kind, micro, chunk):
+        """The tag of a message to `chunk` of its receiver: forward activation or backward gradient."""
+        return 2 * (chunk * self.m + micro) + (0 if kind == "F" else 1)
+
     def _buffer(self, B, T):
         rows = self.model.boundary_rows(B * T)              # N, or a sequence-parallel block of it
         return X.np.empty((rows, self.model.cfg.n_embd), dtype=self.model.dtype)   # (N, C)
 
+    # -------------------------------------------------------------------- the step
     def run(self, batches, B, T, timer=None):
-        """Run this stage's ops for the step; returns the mean loss on the last stage, NaN elsewhere."""
+        """Run this rank's ops for the step; returns the mean loss on the last stage, NaN elsewhere."""
         t = timer or UNTIMED
         model, comm, m = self.model, self.comm, self.m
         model.grad_flat.fill(0)
-        inputs, grads_in, recvs = {}, {}, {}
-        for j in range(m):                                  # every receive of the step, posted now
-            if not self.first:
-                inputs[j] = self._buffer(B, T)
-                recvs[("F", j)] = comm.Irecv([inputs[j], MPI.BYTE], self.rank - 1, _tag("F", j))
-            if not self.last:
-                grads_in[j] = self._buffer(B, T)
-                recvs[("B", j)] = comm.Irecv([grads_in[j], MPI.BYTE], self.rank + 1, _tag("B", j))
+        received, recvs = {}, {}                            # (kind, micro, chunk) -> buffer, request
+        for c in range(self.v):                             # every receive of the step, posted now
+            for j in range(m):
+                for kind, wanted, (peer, _) in (("F", self.receives_input(c), self.upstream(c)),
+                                                ("B", self.sends_output(c), self.downstream(c))):
+                    if wanted:
+                        key = (kind, j, c)
+                        received[key] = self._buffer(B, T)
+                        recvs[key] = comm.Irecv([received[key], MPI.BYTE], peer, self.tag(kind, j, c))
         sends, caches, outputs, loss, live = [], {}, {}, 0.0, 0
         sent = recv = 0
         for op in self.ops:
-            j = op.micro
-            if (op.kind, j) in recvs:
+            key, j, c = tuple(op), op.micro, op.chunk
+            units = model.chunks[c]
+            if key in recvs:
                 with t.region("pp_wait"):
-                    recvs.pop((op.kind, j)).Wait()
-                recv += (inputs if op.kind == "F" else grads_in)[j].nbytes
+                    recvs.pop(key).Wait()
+                recv += received[key].nbytes
             if op.kind == "F":
+                head = not self.sends_output(c)
                 with t.region("forward"):
                     x, y = batches[j] if batches[j] is not None else (None, None)
-                    inp = x if self.first else inputs.pop(j)
-                    out, caches[j] = U.forward_units(model.units, model.resident, inp, B, T,
-                                                     targets=y if self.last else None,
-                                                     recompute=model.recompute)
-                live += U.activation_bytes(caches[j])
+                    inp = received.pop(key) if self.receives_input(c) else x
+                    out, caches[(j, c)] = U.forward_units(units, model.resident, inp, B, T,
+                                                          targets=y if head else None, recompute=model.recompute)
+                live += U.activation_bytes(caches[(j, c)])
                 model.activation_bytes_peak = max(model.activation_bytes_peak, live)
-                if self.last:
+                if head:
                     loss += float(out) / m
                 else:
-                    outputs[j] = out                        # kept until its send completes
-                    sends.append(comm.Isend([out, MPI.BYTE], self.rank + 1, _tag("F", j)))
+                    peer, theirs = self.downstream(c)
+                    outputs[key] = out                      # kept until its send completes
+                    sends.append(comm.Isend([out, MPI.BYTE], peer, self.tag("F", j, theirs)))
                     sent += out.nbytes
             else:
-                live -= U.activation_bytes(caches[j])
+                live -= U.activation_bytes(caches[(j, c)])
                 with t.region("backward"):
-                    dout = None if self.last else grads_in.pop(j)
-                    din = U.backward_units(model.units, model.resident, dout, caches.pop(j))
-                if not self.first:
-                    outputs[("B", j)] = din
-                    sends.append(comm.Isend([din, MPI.BYTE], self.rank - 1, _tag("B", j)))
+                    dout = received.pop(key) if self.sends_output(c) else None
+                    din = U.backward_units(units, model.resident, dout, caches.pop((j, c)))
+                if self.receives_input(c):
+                    peer, theirs = self.upstream(c)
+                    outputs[key] = din
+                    sends.append(comm.Isend([din, MPI.BYTE], peer, self.tag("B", j, theirs)))
                     sent += din.nbytes
         with t.region("pp_wait"):
             MPI.Request.Waitall(sends)
         collectives.counters.add(P2P_KEY, sent, recv, calls=len(sends), group=self.group)
         return loss if self.last else math.nan
+
+    def forward_only(self, idx, targets, tag):
+        """The evaluation: the chunks in virtual-stage order, forward only, blocking Send/Recv of the
+        activation with `tag`; the loss on the last stage, None elsewhere."""
+        model, (B, T) = self.model, idx.shape
+        out = None
+        for c, units in enumerate(model.chunks):
+            x = idx
+            if self.receives_input(c):
+                x = self._buffer(B, T)
+                self.comm.Recv([x, MPI.BYTE], self.upstream(c)[0], tag)
+            head = not self.sends_output(c)
+            out, _ = U.forward_units(units, model.resident, x, B, T, targets=targets if head else None, keep=False)
+            if not head:
+                self.comm.Send([X.np.ascontiguousarray(out), MPI.BYTE], self.downstream(c)[0], tag)
+        return float(out) if self.last else None
 
     def tie_gradients(self):
         """First and last stage: add the other's wte gradient (both copies then update alike)."""

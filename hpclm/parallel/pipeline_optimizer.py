@@ -9,6 +9,8 @@ every strategy (hpclm.parallel.optimizer):
     loss               a forward-only pass through the pipeline (evaluation)
     checkpoint/restore the single-process layout: every stage's parameters and optimizer state
                        gathered to the pipeline's first rank (buffer Send/Recv), sliced on resume
+                       (an interleaved stage's chunks each to their place: `ranges` holds every
+                       pp rank's chunk ranges, hpclm.parallel.build.stage_ranges)
 
 With parallel.zero = 1 (`zero`, a hpclm.parallel.zero.ZeroOptimizer over the stage's dp group) the
 stage's optimizer state is sharded over its dp replicas: after the tied gradients are summed, its
@@ -25,7 +27,6 @@ from mpi4py import MPI
 
 from hpclm import xp as X
 from hpclm.errors import UserError
-from hpclm.model import units as U
 from hpclm.model.params import ParamLayout, gpt2_shapes
 from hpclm.model.stage import full_offsets, stage_layout
 from hpclm.parallel.optimizer import CheckpointState, DistributedOptimizer
@@ -74,17 +75,9 @@ class PipelineOptimizer(DistributedOptimizer):
         return math.sqrt(self.pp.allreduce(stage_norm_squared(self.model)))
 
     def loss(self, model, idx, targets):
-        """Forward only, stage by stage (blocking Send/Recv of the activation); the loss everywhere."""
-        e, B, T = self.engine, *idx.shape
-        x = idx
-        if not e.first:
-            x = e._buffer(B, T)
-            self.pp.Recv([x, MPI.BYTE], e.rank - 1, CKPT_TAG + 1)
-        out, _ = U.forward_units(model.units, model.resident, x, B, T, targets=targets if e.last else None,
-                                 keep=False)
-        if not e.last:
-            self.pp.Send([X.np.ascontiguousarray(out), MPI.BYTE], e.rank + 1, CKPT_TAG + 1)
-        return e.loss_everywhere(float(out) if e.last else None)
+        """Forward only, virtual stage by virtual stage (blocking Send/Recv of the activation); the loss
+        everywhere."""
+        return self.engine.loss_everywhere(self.engine.forward_only(idx, targets, CKPT_TAG + 1))
 
     # ------------------------------------------------------------------------ checkpoints
     def _stage_rows(self):
@@ -109,8 +102,8 @@ class PipelineOptimizer(DistributedOptimizer):
             self.pp.Send([rows, MPI.BYTE], 0, CKPT_TAG)
             return None
         full = numpy.zeros((rows.shape[0], ParamLayout(gpt2_shapes(cfg)).size), dtype=rows.dtype)
-        for s, (first, stop) in enumerate(self.ranges):
-            layout, tied = stage_layout(cfg, first, stop)
+        for s, ranges in enumerate(self.ranges):
+            layout, tied = stage_layout(cfg, ranges)
             part = rows if s == 0 else numpy.empty((rows.shape[0], layout.size), dtype=rows.dtype)
             if s:
                 self.pp.Recv([part, MPI.BYTE], s, CKPT_TAG)

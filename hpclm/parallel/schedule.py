@@ -19,7 +19,10 @@ is chunk k // p on rank k % p (Narayanan et al. 2021, §2.2).
                  shrinks by v.
 
 With forward and backward times f and b per micro-batch and stage (balanced), GPipe and 1F1B take
-(m + p - 1)(f + b) and their bubble fraction is (p - 1) / (m + p - 1).
+(m + p - 1)(f + b) and their bubble fraction is (p - 1) / (m + p - 1). Interleaved over v chunks
+(each f / v and b / v) takes (m + (p - 1) / v)(f + b): the bubble fraction (p - 1) / (v m + p - 1)
+(Narayanan et al. 2021, §2.2: the bubble time shrinks by v). Its first stage holds at most
+min(v m, 2 (p - 1) + (v - 1) p + 1) micro-batch chunks' activations (Megatron-LM's warm-up + 1).
 """
 from typing import NamedTuple
 
@@ -86,6 +89,8 @@ def interleaved(stages, micro_batches, chunks):
 
 def schedule(name, stages, micro_batches, chunks=1):
     """The per-stage op lists of schedule `name` (see the module docstring)."""
+    if name in ("gpipe", "1f1b") and chunks != 1:
+        raise UserError(f"schedule {name} runs one model chunk per stage, not {chunks} (interleaved runs several)")
     if name == "gpipe":
         return gpipe(stages, micro_batches)
     if name == "1f1b":

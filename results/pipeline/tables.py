@@ -1,6 +1,7 @@
 """Tables and figures of results/pipeline from the runs of run.sh (read through hpclm's reader).
 
     python results/pipeline/tables.py bubble RUNS OUT   # bubble.csv, bubble.md, bubble.png
+    python results/pipeline/tables.py interleaved RUNS OUT   # bubble_interleaved.csv, .md: v = 2 next to 1f1b
     python results/pipeline/tables.py memory RUNS OUT   # memory.md: peak activation bytes per stage
 """
 import sys
@@ -38,6 +39,32 @@ def bubbles(runs, out):
     bubble_figure(out / "bubble.png", [r[:4] for r in rows])
 
 
+def interleaved(runs, out):
+    """Each op size and (p, m): 1f1b and interleaved (v = 2) on the same model, their runs taken in
+    turn; the measured bubble of each repetition and their mean, against (p - 1)/(v m + p - 1)."""
+    rows = []
+    for size in ("small", "large"):
+        for p in (2, 4):
+            for m in (4, 8):
+                for s, v in (("1f1b", 1), ("interleaved", 2)):
+                    got = [bubble(read_run(r), SKIP) for r in sorted(runs.glob(f"inter_{size}_{s}_p{p}_m{m}_r*"))]
+                    rows.append((size, s, v, p, m, closed_form(p, m, v), [g.measured for g in got],
+                                 np.mean([g.per_stage for g in got], axis=0)))
+    with open(out / "bubble_interleaved.csv", "w") as fh:
+        fh.write("ops,schedule,chunks,p,m,closed_form,measured_mean,relative_error,measured_reps,per_stage_mean\n")
+        for size, s, v, p, m, cf, reps, per in rows:
+            x = float(np.mean(reps))
+            fh.write(f"{size},{s},{v},{p},{m},{cf:.4f},{x:.4f},{(x - cf) / cf:+.3f},"
+                     f"{' '.join(f'{r:.4f}' for r in reps)},{' '.join(f'{q:.4f}' for q in per)}\n")
+    with open(out / "bubble_interleaved.md", "w") as fh:
+        fh.write("| ops | schedule | v | p | m | (p-1)/(vm+p-1) | measured (mean) | rel. diff | repetitions | "
+                 "per stage (mean) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        for size, s, v, p, m, cf, reps, per in rows:
+            x = float(np.mean(reps))
+            fh.write(f"| {size} | {s} | {v} | {p} | {m} | {cf:.3f} | {x:.3f} | {(x - cf) / cf:+.1%} | "
+                     f"{' '.join(f'{r:.3f}' for r in reps)} | {' '.join(f'{q:.3f}' for q in per)} |\n")
+
+
 def memory(runs, out):
     lines = ["| schedule | recompute | stage | in flight | measured peak (bytes) | closed form (bytes) |",
              "|---|---|---|---|---|---|"]
@@ -60,4 +87,4 @@ def memory(runs, out):
 
 if __name__ == "__main__":
     what, runs, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    {"bubble": bubbles, "memory": memory}[what](runs, out)
+    {"bubble": bubbles, "interleaved": interleaved, "memory": memory}[what](runs, out)

@@ -1,7 +1,8 @@
 """The dp x tp x pp grid (hpclm.parallel.grid) in the training step: at P = 4 every layout
 (4x1x1, 2x2x1, 2x1x2, 1x2x2, 1x1x4) and at P = 8 2x2x2, built as `hpclm train` builds them, follow
 the single-process trajectory with the same global batch (float64, AdamW, clipping active, two
-micro-batches), with sequence parallelism too wherever tp > 1; a float32 trajectory at 1x2x2; the checkpoint is the single-process file and
+micro-batches), with sequence parallelism too wherever tp > 1, and interleaved (2 chunks per pp rank) on
+the pp = 2 layouts; a float32 trajectory at 1x2x2; the checkpoint is the single-process file and
 resumes on another layout (1x2x2 -> 1x1x1 and back; 2x2x2 at P = 8); through `hpclm train` a
 grid run resumes at tp = pp = 1, and layouts that do not fit give one line on every rank."""
 import tempfile
@@ -28,7 +29,7 @@ TOKENS = np.random.default_rng(5).integers(0, VOCAB, size=4000).astype(np.uint16
 PATTERN = np.tile(np.random.default_rng(6).permutation(VOCAB), 150).astype(np.uint16)   # learnable
 
 
-def config(dp=1, tp=1, pp=1, steps=3, dtype="float64", tie=True, micro=2, sp=False):
+def config(dp=1, tp=1, pp=1, steps=3, dtype="float64", tie=True, micro=2, sp=False, schedule="1f1b"):
     model = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=4, n_head=2, n_embd=16, tie_weights=tie)
     cfg = Config(model=model, optim=OptimConfig(name="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=1,
                                                 decay_steps=steps, grad_clip=0.05, weight_decay=0.1))
@@ -36,6 +37,7 @@ def config(dp=1, tp=1, pp=1, steps=3, dtype="float64", tie=True, micro=2, sp=Fal
     cfg.comm.algorithm = "ring"
     cfg.parallel.dp, cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.micro_batches = dp, tp, pp, micro
     cfg.parallel.sequence_parallel = sp and tp > 1
+    cfg.parallel.schedule, cfg.parallel.chunks = schedule, 2 if schedule == "interleaved" else 1
     return cfg.validate()
 
 
@@ -112,20 +114,20 @@ def layouts(P):
     return [(4, 1, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2), (1, 1, 4)] if P == 4 else [(2, 2, 2)]
 
 
-@pytest.mark.parametrize("schedule, sp", [("1f1b", False), ("gpipe", False), ("1f1b", True)])
+@pytest.mark.parametrize("schedule, sp", [("1f1b", False), ("gpipe", False), ("1f1b", True), ("interleaved", False),
+                                          ("interleaved", True)])
 def test_every_layout_equals_single_process(world, schedule, sp):
-    """sp: with sequence parallelism wherever tp > 1 (the stages then exchange token-row blocks)."""
+    """sp: with sequence parallelism wherever tp > 1 (the stages then exchange token-row blocks).
+    interleaved: 2 chunks per pp rank, on the layouts with pp = 2 (4 virtual stages of the 4 blocks)."""
     ref_losses, ref = reference()
     trained = GPT(config().model, dtype="float64")
     trained.flat[...] = ref
     x, y = (np.stack([TOKENS[s + k:s + k + BLOCK] for s in (0, 100, 200, 300)]).astype(np.int64) for k in (0, 1))
     ref_eval = trained.loss(x, y)
     for dp, tp, pp in layouts(world.Get_size()):
-        if sp and tp == 1:
+        if (sp and tp == 1) or (schedule == "interleaved" and pp != 2):
             continue
-        cfg = config(dp, tp, pp, sp=sp)
-        cfg.parallel.schedule = schedule
-        run = Run(world, cfg)
+        run = Run(world, config(dp, tp, pp, sp=sp, schedule=schedule))
         try:
             losses = run.steps(0, 3)
             params = run.full_params()

@@ -1,7 +1,8 @@
 """Pipeline schedules (hpclm.parallel.schedule), without MPI: every op once, forwards before their
 backwards, dependencies across stages respected (the simulator finishes), the bubble of GPipe and
 1F1B equals (p - 1) / (m + p - 1), in-flight activations (1F1B <= p - s on stage s, GPipe m),
-interleaving shrinks the bubble, and a golden diagram."""
+interleaving over v chunks shrinks the bubble to (p - 1) / (v m + p - 1) and keeps Megatron's
+warm-up + 1 micro-batch chunks alive, and a golden diagram."""
 import pytest
 
 from hpclm.errors import UserError
@@ -42,6 +43,15 @@ def test_interleaved(p, m, v):
     flat = simulate(one_f_one_b(p, m), forward=1.0, backward=2.0)
     assert bubble_fraction(slots) < bubble_fraction(flat) or p == 1
     assert max(x.end for x in slots) == pytest.approx(m * 3.0 + (p - 1) * 3.0 / v)
+    assert bubble_fraction(slots) == pytest.approx((p - 1) / (v * m + p - 1))       # Narayanan et al. §2.2
+    for s, stage in enumerate(ops):          # live micro-batch chunks: Megatron's warm-up forwards + 1
+        assert peak_in_flight(stage) == min(v * m, 2 * (p - s - 1) + (v - 1) * p + 1)
+    assert peak_in_flight(ops[0]) > peak_in_flight(one_f_one_b(p, m)[0])     # of chunks 1/v the size each
+
+
+def test_one_chunk_schedules_refuse_chunks():
+    with pytest.raises(UserError, match="one model chunk per stage"):
+        schedule("1f1b", 2, 4, chunks=2)
 
 
 def test_bad_input():

@@ -95,15 +95,17 @@ def test_pipeline_stage_of_a_shard(tp, tie):
     """StageModel.of a ShardedGPT (the grid's stage): its tensors are the rank's shards of the full
     model's (the tied wte copy on the last stage the same vocab shard); slicing the full flat to the
     stage shard (restore) and unsharding the ranks' stages to the stage layout (checkpoint) are the
-    maps the grid's checkpoints use, exact inverses of each other."""
+    maps the grid's checkpoints use, exact inverses of each other. The last case is an interleaved
+    rank's two chunks (Block 0; Block 2 + Head)."""
     from hpclm.model.stage import StageModel, balanced_ranges, full_offsets, stage_layout
     cfg = ModelConfig(**{**CFG.__dict__, "n_layer": 3, "tie_weights": tie})
     full = GPT(cfg, seed=5, dtype="float64")
-    for first, stop in balanced_ranges(cfg, 2):
-        plain = StageModel(cfg, first, stop, seed=5, dtype="float64")
-        assert np.array_equal(StageModel.of(full, first, stop).flat, plain.flat)
-        layout, tied = stage_layout(cfg, first, stop)
-        stages = [StageModel.of(ShardedGPT(cfg, tp, r, Alone(), seed=5, dtype="float64"), first, stop)
+    for ranges in [[r] for r in balanced_ranges(cfg, 2)] + [[(1, 2), (3, 5)]]:
+        first = ranges[0][0]
+        plain = StageModel(cfg, ranges, seed=5, dtype="float64")
+        assert np.array_equal(StageModel.of(full, ranges).flat, plain.flat)
+        layout, tied = stage_layout(cfg, ranges)
+        stages = [StageModel.of(ShardedGPT(cfg, tp, r, Alone(), seed=5, dtype="float64"), ranges)
                   for r in range(tp)]
         assert [s.name for s in stages[0].layout.slots] == [s.name for s in layout.slots]
         assert stages[0].tied_copy == tied == (tie and first > 0)
