@@ -19,11 +19,11 @@ KILLER = textwrap.dedent("""
     from mpi4py import MPI
     import hpclm.train as T
     marker = Path(sys.argv[1])
-    def step(s, n):
+    def step(s, n, **kw):
         if MPI.COMM_WORLD.Get_rank() == 1 and n == 3:
             marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
-        return orig(s, n)
+        return orig(s, n, **kw)
     orig, T.train_step = T.train_step, step
     from hpclm.cli import main
     sys.exit(main(sys.argv[2:]))
