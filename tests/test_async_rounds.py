@@ -5,7 +5,6 @@ s; AD-PSGD: more steps), an ssp checkpoint taken while the workers' clocks diffe
 NaN loss on one rank still stops every rank with one line and no checkpoint, and SIGTERM still
 checkpoints at a round boundary and exits 0."""
 import json
-import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import finish, mpiexec, popen, read_ckpt, summary, tiny_args  # noqa: E402
+from trainutil import finish, mpiexec, popen, read_ckpt, signal_at_line, summary, tiny_args  # noqa: E402
 
 # argv: SLOW_RANK SLEEP_S NAN_RANK NAN_FROM_STEP train ...: world rank SLOW_RANK sleeps after each
 # step; world rank NAN_RANK reports a NaN loss from round NAN_FROM_STEP on (-1: none).
@@ -65,7 +64,7 @@ def pushes_of(report, worker):
 
 def record_metric(run_dir, name):
     from hpclm.timing.reader import read_run
-    return read_run(run_dir).metrics[name]                     # (rounds, workers)
+    return read_run(run_dir).metrics[name]                     # (rounds, ranks)
 
 
 def test_async_ps_worker_runs_ahead_of_a_slow_one(tmp_path):
@@ -76,9 +75,15 @@ def test_async_ps_worker_runs_ahead_of_a_slow_one(tmp_path):
     fast, slow = pushes_of(report, 0), pushes_of(report, 1)
     assert len(slow) == steps[1] and len(fast) == steps[0] and len(fast) > len(slow) >= 6, (steps, report)
     assert max(slow) > 1, slow                          # the fast worker's pushes landed between two of the slow one's
-    staleness, pushes = record_metric(run, "staleness"), record_metric(run, "pushes")
+    from hpclm.timing.reader import read_run
+    record = read_run(run)
+    staleness, pushes = record.metrics["staleness"], record.metrics["pushes"]          # (rounds, workers)
     assert staleness.shape == (6, 2) and np.nanmax(staleness[:, 1]) > 1, staleness
     assert np.array_equal(pushes.sum(axis=0), steps), (pushes, steps)
+    # a round's uncompressed bytes are its pushes' gradients; the ps bytes have their own column
+    assert np.array_equal(record.per_rank["bytes_uncompressed"], pushes * record.memory["grads"])
+    assert (record.per_group["ps"]["bytes_sent"] > pushes * record.memory["grads"]).all()
+    assert not record.per_group["other"]["bytes_sent"].any()
 
 
 def test_ssp_runs_ahead_by_at_most_s_and_resumes_from_a_checkpoint_between_clocks(tmp_path):
@@ -117,10 +122,7 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path, n, sets):
 
 def test_sigterm_stops_async_ps_at_a_round_and_checkpoints(tmp_path):
     proc = popen(command(tmp_path, 3, *PS, "--set", "ps.mode=async", steps=100_000))
-    for line in proc.stdout:
-        if line.startswith("step 3/"):
-            break
-    proc.send_signal(signal.SIGTERM)                  # mpiexec forwards it to the workers and the server
+    signal_at_line(proc, "step 3/")                 # mpiexec forwards it to the workers and the server
     rc, out, err, _ = finish(proc, 60)
     assert rc == 0 and "signal received: checkpointing at step" in out, out[-2000:] + err[-2000:]
     step = read_ckpt(tmp_path / "r")[2]["step"]

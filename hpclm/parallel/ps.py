@@ -254,8 +254,9 @@ class PSWorker(DistributedOptimizer):
         return self.asynchronous and float(self.replies[:, 0].min()) >= self.clock + 1 - self.bound
 
     def uncompressed_bytes(self):
-        """What this worker's push would send uncompressed: its whole gradient."""
-        return self.model.grad_flat.nbytes
+        """What this worker's pushes since the last step_metrics() (train.py reads this just before
+        it) would send uncompressed: its whole gradient each (at least one push)."""
+        return max(1, len(self._pushed)) * self.model.grad_flat.nbytes
 
     # ------------------------------------------------------------------------ checkpoints
     def checkpoint(self):
