@@ -101,6 +101,9 @@ class TrainConfig:
     timing: bool = True          # write RUN_DIR/timing.h5 (per-rank, per-step times and bytes)
     timing_flush: int = 10       # gather + flush the timing record every N steps
     trace: str = ""              # "START:STOP" steps to record as a Chrome trace (RUN_DIR/trace.json)
+    run_ahead: bool = True       # asynchronous strategies (ps async/ssp, gossip adpsgd): a rank whose step of
+                                 # a round is done keeps training until every rank has finished the round
+                                 # (false: it waits); max_steps then counts rounds
 
     def validate(self):
         for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_interval", "timing_flush"):

@@ -9,6 +9,12 @@ loss averages and byte counts use the dp group. World rank 0 prints and writes c
 the timing record. SIGTERM/SIGUSR1 (Slurm pre-emption) or SIGINT: all ranks agree at the next
 step boundary, save a checkpoint, flush timing and exit 0, so the job can be requeued with
 --resume; during set-up they end the run at once (hpclm.signals).
+
+Asynchronous strategies (`strategy.asynchronous`: ps async/ssp, gossip adpsgd) run the loop in
+rounds (`asynchronous_round`): the stop agreement is a non-blocking all-reduce a rank tests while
+it keeps training (train.run_ahead), so a fast rank takes more steps than a slow one instead of
+waiting for it; max_steps counts rounds, and evaluation, the timing record and checkpoints happen
+at round boundaries (agreed points).
 """
 import math
 import os
@@ -204,6 +210,7 @@ class Session:
     local_ranks: int
     resumed: bool
     versions: dict
+    data_step: int = 0        # the next global batch this rank draws rows of (asynchronous rounds: its own count)
 
     @property
     def dp(self):
@@ -285,7 +292,7 @@ def build_session(world, cfg, ckpt, data, ps_roles=None):
                         metrics=strategy.metric_names, eval_metrics=strategy.eval_metric_names)
     return Session(world, rank, size, groups, cfg, data, model, strategy, sampler, timer, recorder, rng,
                    val_offsets, start_step, threads, local_ranks, resumed=ckpt is not None,
-                   versions=library_versions)
+                   versions=library_versions, data_step=start_step)
 
 
 def print_banner(s, hosts):
@@ -322,17 +329,46 @@ def bytes_moved(before, after):
 
 
 # ------------------------------------------------------------------------------------------ loop
-def train_step(s, step):
+def train_step(s, step, data_step=None):
     """One optimizer step: this rank's micro-batches through the strategy's forward_backward, then
-    its step (gradient sync -> clip -> update -> after). Returns (mean loss, grad norm, lr)."""
+    its step (gradient sync -> clip -> update -> after). Returns (mean loss, grad norm, lr).
+    `data_step` (default `step`): the global batch this rank draws its rows of."""
     cfg, timer, strategy = s.cfg, s.timer, s.strategy
     n = cfg.micro_batches()
     lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+    batch = step if data_step is None else data_step
     with timer.region("data"):
-        batches = [tuple(X.to_device(a) for a in s.sampler.batch(step, j, n)) for j in range(n)]
+        batches = [tuple(X.to_device(a) for a in s.sampler.batch(batch, j, n)) for j in range(n)]
     loss = strategy.forward_backward(s.model, batches, timer)
     grad_norm = strategy.step(lr)
     return loss, grad_norm, lr
+
+
+def asynchronous_round(s, step, stop, agreement):
+    """Round `step` of an asynchronous strategy: this rank's step, the round's stop agreement
+    (hpclm.guard.RoundAgreement) posted, then, with train.run_ahead and while the strategy allows
+    it without blocking, more steps until every rank has posted. Each step draws the next global
+    batch of this rank's own count (s.data_step) at the round's lr. Returns (loss, grad norm, lr of
+    the last step, steps taken, stop agreed, mean loss of the round's first steps)."""
+    taken = 0
+
+    def one_step():
+        nonlocal taken
+        loss, grad_norm, lr = train_step(s, step, data_step=s.data_step)
+        s.data_step += 1
+        taken += 1
+        agreement.note(step, loss, grad_norm)
+        return loss, grad_norm, lr
+
+    loss, grad_norm, lr = one_step()
+    agreement.post(loss, stop["signal"] is not None)
+    while not agreement.done():
+        if not (s.cfg.train.run_ahead and agreement.bad is None and s.strategy.can_run_ahead()):
+            agreement.wait()
+            break
+        loss, grad_norm, lr = one_step()
+    want_stop, round_loss = agreement.outcome()
+    return loss, grad_norm, lr, taken, want_stop, round_loss
 
 
 def save_checkpoint(s, step):
@@ -355,16 +391,25 @@ def train_steps(s, stop):
     progress = Progress(cfg.train.max_steps, s.rank == 0)
     t_start = window_t = time.perf_counter()
     window_tokens, val_loss, step = 0, math.nan, s.start_step
+    agreement = guard.RoundAgreement(world) if s.strategy.asynchronous and s.size > 1 else None
     for step in range(s.start_step, cfg.train.max_steps):
         before = collectives.counters.by_group()
-        loss, grad_norm, lr = train_step(s, step)
         last = step == cfg.train.max_steps - 1
         log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == s.start_step
-        global_loss = dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
+        checkpoint_now = cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0
+        if agreement is None:
+            loss, grad_norm, lr = train_step(s, step)
+            taken = 1
+            global_loss = dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
+        else:
+            loss, grad_norm, lr, taken, want_stop, global_loss = asynchronous_round(s, step, stop, agreement)
         if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
             s.strategy.check_replicas(step)
-        # One all-reduce agrees on a signal stop and raises on a non-finite loss / gradient norm anywhere.
-        want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
+        if agreement is None:
+            # One all-reduce agrees on a signal stop and raises on a non-finite loss / gradient norm anywhere.
+            want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
+        elif want_stop or last or checkpoint_now:
+            agreement.raise_if_non_finite()   # collective: catches a NaN in a step taken after the post
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
                 val_loss, spread = s.strategy.evaluate(lambda group: evaluate(
@@ -380,16 +425,19 @@ def train_steps(s, stop):
             window_t, window_tokens = now, 0
             progress.update(step, f"step {step + 1}/{cfg.train.max_steps} loss {global_loss:.4f} "
                                   f"lr {lr:.2e} |g| {grad_norm:.2f} {tok_s:,.0f} tok/s")
-        if cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0 and not last:
+        if checkpoint_now and not last:
             save_checkpoint(s, step + 1)
-        # tokens: this rank's share, so the ranks' tokens sum to the step's (tp ranks share a batch)
+        # tokens: this rank's share (of every step it took in the round), so the ranks' tokens sum to
+        # the step's (tp ranks share a batch)
         s.recorder.log_step(step, timer.collect(), bytes_by_group=moved,
                             bytes_uncompressed=s.strategy.uncompressed_bytes(), loss=loss,
-                            tokens=tokens_per_step // s.size, lr=lr, grad_norm=grad_norm, global_loss=global_loss,
+                            tokens=taken * tokens_per_step // s.size, lr=lr, grad_norm=grad_norm,
+                            global_loss=global_loss,
                             memory=s.strategy.memory(), metrics=s.strategy.step_metrics())
         if want_stop:
             progress.message(f"signal received: checkpointing at step {step + 1} and exiting")
             break
+    steps_per_rank = world.gather(s.data_step - s.start_step) if agreement is not None else None
     save_checkpoint(s, step + 1)
     s.strategy.close()
     if cfg.train.trace:
@@ -398,6 +446,8 @@ def train_steps(s, stop):
     wall = time.perf_counter() - t_start
     summary = dict(start_step=s.start_step, world_size=s.size, end_step=step + 1, val_loss=val_loss,
                    wall_seconds=wall, tokens_per_second=(step + 1 - s.start_step) * tokens_per_step / wall)
+    if steps_per_rank is not None:
+        summary["steps_per_rank"] = steps_per_rank          # asynchronous rounds: the steps each rank took
     progress.message(f"done: step {step + 1}, val loss {val_loss:.4f}, {wall:.1f} s, "
                      f"{summary['tokens_per_second']:,.0f} tokens/s; checkpoint {cfg.train.out_dir}/{ckpt_io.FILE_NAME}")
     return summary

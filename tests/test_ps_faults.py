@@ -4,13 +4,12 @@ other workers); a clean run ends with every server's report written; SIGTERM che
 server answers) and exits 0; ps.servers >= world size
 is one line `hpclm: error: ...` and exit 2 (a batch the workers do not divide: tests/mpi/test_ps.py)."""
 import json
-import signal
 import sys
 import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trainutil import finish, mpiexec, popen, read_ckpt, tiny_args, wait_for_file  # noqa: E402
+from trainutil import finish, mpiexec, popen, read_ckpt, signal_at_line, tiny_args, wait_for_file  # noqa: E402
 
 # World rank 1 (a worker) kills itself with SIGKILL when it starts step 3.
 KILLER = textwrap.dedent("""
@@ -19,11 +18,11 @@ KILLER = textwrap.dedent("""
     from mpi4py import MPI
     import hpclm.train as T
     marker = Path(sys.argv[1])
-    def step(s, n):
+    def step(s, n, **kw):
         if MPI.COMM_WORLD.Get_rank() == 1 and n == 3:
             marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
-        return orig(s, n)
+        return orig(s, n, **kw)
     orig, T.train_step = T.train_step, step
     from hpclm.cli import main
     sys.exit(main(sys.argv[2:]))
@@ -64,10 +63,7 @@ def test_sigterm_checkpoints_through_the_server_and_exits_0(tmp_path):
     cmd = [mpiexec(), "-n", "3", sys.executable, "-m", "hpclm.cli", "train", "--out", str(tmp_path / "r")] \
         + tiny_args(tmp_path / "cache", *PS, "--set", "train.eval_interval=0", steps=100_000)
     proc = popen(cmd)
-    for line in proc.stdout:
-        if line.startswith("step 2/"):
-            break
-    proc.send_signal(signal.SIGTERM)                  # mpiexec forwards it to the workers and the server
+    signal_at_line(proc, "step 2/")                 # mpiexec forwards it to the workers and the server
     rc, out, err, _ = finish(proc, 60)
     assert rc == 0 and "signal received: checkpointing at step" in out, out[-2000:] + err[-2000:]
     step = read_ckpt(tmp_path / "r")[2]["step"]

@@ -90,6 +90,15 @@ def wait_for_file(proc, path, limit, what):
         time.sleep(0.05)
 
 
+def signal_at_line(proc, prefix, sig=signal.SIGTERM):
+    """Read `proc`'s stdout until a line starts with `prefix`, then send it `sig` (mpiexec forwards
+    it to every rank)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            break
+    proc.send_signal(sig)
+
+
 def finish(proc, timeout):
     """(returncode, stdout, stderr, seconds); kills the whole process group on timeout."""
     t0 = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hpclm.analysis import metrics, pipeline
-from hpclm.analysis.servers import format_servers, read_servers
+from hpclm.analysis.servers import format_servers, read_servers, staleness_lines
 from hpclm.errors import UserError
 from hpclm.timing.reader import read_run
 
@@ -81,8 +81,9 @@ def format_run(summary, record):
 
 
 def decentralized_lines(record):
-    """Lines for replicas that differ (gossip): the consensus distance and the per-rank val-loss spread."""
-    lines = []
+    """Lines for replicas that differ (gossip): the consensus distance and the per-rank val-loss
+    spread; for parameter-server workers: the staleness histogram and the pushes per rank."""
+    lines = staleness_record_lines(record)
     consensus = record.metrics.get("consensus")
     if consensus is not None and np.isfinite(consensus).any():
         measured = np.isfinite(consensus).all(axis=1)
@@ -94,6 +95,22 @@ def decentralized_lines(record):
     if low is not None and len(low):
         lines.append(f"  last evaluation: val loss of the mean model {record.evals['val_loss'][-1]:.4f}, "
                      f"of the ranks' own models {low[-1]:.4f} .. {high[-1]:.4f}")
+    return lines
+
+
+def staleness_record_lines(record):
+    """The histogram of the record's per-step, per-rank staleness (ps workers; the largest of the
+    step's pushes where a rank pushed more than once in a round) and each rank's pushes."""
+    staleness, pushes = record.metrics.get("staleness"), record.metrics.get("pushes")
+    if staleness is None or not np.isfinite(staleness).any():
+        return []
+    values, counts = np.unique(staleness[np.isfinite(staleness)].astype(np.int64), return_counts=True)
+    lines = ["  staleness of the pushes, from the record (per step and worker; the step's largest where it "
+             "pushed more than once):"]
+    lines += staleness_lines(dict(zip(values.tolist(), counts.tolist())))
+    if pushes is not None:
+        per_rank = np.nansum(pushes, axis=0).astype(np.int64)              # (P,) pushes of each worker
+        lines.append("  pushes per worker: " + ", ".join(f"rank {r} {n}" for r, n in enumerate(per_rank)))
     return lines
 
 

@@ -22,17 +22,18 @@ point-to-point from a thread (MPI_THREAD_MULTIPLE, as hpclm.comm.nonblocking use
 one-sided windows: BlueFog found passive-target RMA fragile across MPI stacks (progress, locking
 and memory-model differences), while Isend/Irecv/Test behave the same on every MPI. Shutdown and
 checkpoints are agreed points: every rank drains its own request, then keeps answering until an
-Ibarrier over all ranks completes (no request can be in flight then). Note that train.py's loop
-agrees on stopping with one small all-reduce per step, so ranks stay within a step of each other;
-the gossip itself is off the critical path.
+Ibarrier over all ranks completes (no request can be in flight then). AD-PSGD is `asynchronous`:
+train.py's loop agrees in non-blocking rounds, and a rank that finished its step of a round keeps
+training (train.run_ahead) instead of waiting for a slow rank.
 
 Replicas differ: check_replicas is a no-op, a checkpoint's params are the average x̄ (so sample and
 resume at another world size work), each rank's own model and optimizer state go to /extra rows
 and come back when the world matches (a D-PSGD resume continues the run to round-off; AD-PSGD's
-pairings depend on timing, so its runs are not bitwise repeatable). Every gossip.consensus_every steps `step_metrics()` holds
-this rank's ||x_i - x̄||^2 (the record's mean over ranks is the consensus distance); evaluation
-reports the loss of x̄ and the min/max of the ranks' own losses. The measuring all-reduces use
-mpi4py directly and are not counted as training traffic.
+pairings depend on timing, so its runs are not bitwise repeatable). Every gossip.consensus_every
+calls (one per step of train.py's loop; for AD-PSGD one per round, as its ranks' own step counts
+differ) `step_metrics()` measures this rank's ||x_i - x̄||^2 (the record's mean over ranks is the
+consensus distance); evaluation reports the loss of x̄ and the min/max of the ranks' own losses.
+The measuring all-reduces use mpi4py directly and are not counted as training traffic.
 """
 import queue
 import threading
@@ -218,7 +219,8 @@ class GossipOptimizer(DistributedOptimizer):
         self.topology = build_topology(gossip_cfg.topology, self.world)
         self.grad_scale = 1.0 / n_micro
         self.step_count = 0
-        self._metrics = {}
+        self.rounds = 0                                   # step_metrics() calls: the loop's steps
+        self.asynchronous = gossip_cfg.algorithm == "adpsgd" and self.world > 1
         self.mixer = NeighbourAllreduce(group, self.topology) if self.world > 1 else None
         self.pairwise = None
         if gossip_cfg.algorithm == "adpsgd" and self.world > 1:
@@ -252,8 +254,6 @@ class GossipOptimizer(DistributedOptimizer):
             if outbound:
                 self.pairwise.request(outbound[self.step_count % len(outbound)])
         self.step_count += 1
-        every = self.gossip.consensus_every
-        self._metrics = {"consensus": self.consensus_distance()} if every and self.step_count % every == 0 else {}
         return norm
 
     def _mix(self, flat):
@@ -261,8 +261,10 @@ class GossipOptimizer(DistributedOptimizer):
             self.mixer(flat, self.step_count)
 
     def step_metrics(self):
-        """{"consensus": ||x_i - x̄||^2} on the steps it is measured, else {} (read by the recorder)."""
-        return self._metrics
+        """Collective every gossip.consensus_every calls: {"consensus": ||x_i - x̄||^2}, else {}."""
+        self.rounds += 1
+        every = self.gossip.consensus_every
+        return {"consensus": self.consensus_distance()} if every and self.rounds % every == 0 else {}
 
     def uncompressed_bytes(self):
         if self.world == 1:
@@ -348,7 +350,7 @@ class GossipOptimizer(DistributedOptimizer):
         """x̄ and the mean optimizer state; each rank's own row when the checkpoint's world matches."""
         self._pause()
         ckpt.restore(self.model, self.optimizer)
-        self.step_count = step
+        self.step_count = self.rounds = step
         rows = ckpt.extra.get("gossip.params")
         if rows is not None and rows.shape[0] == self.world:
             shapes = {name: (a.shape, a.dtype) for name, a in self.local_state().items()}

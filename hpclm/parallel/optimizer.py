@@ -14,6 +14,8 @@
     opt.close()                                 # collective, after the last checkpoint: stop helper threads
     opt.memory()                                # bytes this rank holds, by kind, from the arrays themselves
     opt.close()                                 # the run is over (parameter servers: release them)
+    opt.asynchronous                            # True: ranks need not meet every step (hpclm train's rounds)
+    opt.can_run_ahead()                         # asynchronous: another step now would not wait for a peer
 
 `DistributedOptimizer` here is replicated data parallelism (ZeRO stage 0): every rank of the dp
 group holds all parameters, gradients and optimizer state, the gradient sync (hpclm.parallel.sync)
@@ -49,6 +51,7 @@ class DistributedOptimizer:
     tensor_norm = None      # parallel/tensor.py TensorNorm when the model is a tp shard: the norm over the tp group
     metric_names = ()       # per-rank record columns step_metrics() fills (parallel/gossip.py: consensus)
     eval_metric_names = ()  # evaluation record columns evaluate() fills beyond val_loss
+    asynchronous = False    # ps async/ssp, gossip adpsgd: train.py agrees in non-blocking rounds
 
     def __init__(self, model, optimizer, sync, optim_cfg, timer=None):
         self.model, self.optimizer, self.sync, self.cfg = model, optimizer, sync, optim_cfg
@@ -118,6 +121,10 @@ class DistributedOptimizer:
 
     def step_metrics(self):
         return {}
+
+    def can_run_ahead(self):
+        """Whether another step now completes without waiting for a slower rank (asynchronous only)."""
+        return self.asynchronous
 
     def close(self):
         """Nothing to release by default (parameter servers stop theirs, gossip its thread)."""

@@ -14,15 +14,20 @@ data is loaded, before the dp x tp x pp groups are built. On a server, train.set
 `ParameterServer`, whose `serve` is the server's whole run (a signal there stops the workers at
 their next step boundary, and the server answers their checkpoint); on a worker the roles'
 `workers` communicator stands in for the world in the rest of set-up and in
-the loop (groups, sampler, evaluation, agree_to_stop, checkpoints, the timing record), so no
-world-wide collective of the loop needs the servers. When the loop ends, normally or by a
-UserError that every worker raises together, each worker sends STOP (`release`) and the servers
-leave their loop; a worker that dies ends the job through mpiexec (MPICH kills the other ranks).
+the loop (groups, sampler, evaluation, the stop agreement, checkpoints, the timing record), so no
+world-wide collective of the loop needs the servers. In async mode and ssp with s > 0 the worker is
+`asynchronous`: the loop agrees in non-blocking rounds and a fast worker keeps pushing while a
+slow one finishes its round (ssp: while its next push would be answered at once, `can_run_ahead`).
+When the loop ends, normally or by a UserError that every worker raises together, each worker
+sends STOP (`release`) and the servers leave their loop; a worker that dies ends the job
+through mpiexec (MPICH kills the other ranks).
 
 Checkpoints: worker 0 gathers the shards' parameters and optimizer state from the servers into
 the single-process layout (sync: bit-exact resume); a resume sends them back and every worker
-pulls. The checkpoint is taken after a barrier of the workers, so in async/ssp mode every push
-of the steps before it has been applied (the agreed point).
+pulls. The checkpoint is taken after the workers agree on the slowest one's clock (a collective),
+so in async mode every push before it has been applied and in ssp every clock all workers pushed
+(a worker that ran ahead has later clocks pending at the server; they are not in the checkpoint,
+and a resume restarts every worker at the servers' clock).
 """
 from dataclasses import dataclass
 
@@ -153,7 +158,11 @@ def serve(roles, cfg, model):
 
 
 class PSWorker(DistributedOptimizer):
-    """A worker's optimizer step: push the gradient's shards, pull the parameters' shards."""
+    """A worker's optimizer step: push the gradient's shards, pull the parameters' shards. The
+    record's metrics: `staleness`, the largest staleness the servers gave this worker's pushes of
+    the step (the round, with several pushes when it ran ahead), and `pushes`, their number."""
+
+    metric_names = ("staleness", "pushes")
 
     def __init__(self, model, roles, group, cfg, timer=None):
         self.model, self.roles, self.group, self.cfg = model, roles, group, cfg.optim
@@ -172,6 +181,9 @@ class PSWorker(DistributedOptimizer):
         self._sending = {}                                  # shard -> the compressed push's arrays in flight
         self.clock = 0                                      # steps this worker has pushed
         self.state_names = sorted(OPTIMIZERS[cfg.optim.name].state_names)   # optimizer state held by the servers
+        # async, and ssp with s > 0: workers need not meet every step (train.py's rounds; ssp s = 0 is sync)
+        self.asynchronous = self.bound > 0 or self.mode == "async"
+        self._pushed = []                                   # staleness of each push since step_metrics()
 
     def _shards(self):
         return list(zip(self.bounds[:-1], self.bounds[1:]))
@@ -225,20 +237,34 @@ class PSWorker(DistributedOptimizer):
         norm = float(X.np.sqrt(X.np.dot(grad, grad)))
         self._exchange(PUSH, lr, norm)
         self.clock += 1
+        self._pushed.append(float(self.replies[:, 1].max()))      # the servers' staleness of this push
         clipped_by = float(self.replies[0, 2])         # nan where the server answered before applying (ssp)
         return clipped_by if numpy.isfinite(clipped_by) else norm
 
+    def step_metrics(self):
+        """{"staleness": largest of the pushes since the last call, "pushes": their number}."""
+        pushed, self._pushed = self._pushed, []
+        return {"staleness": max(pushed), "pushes": len(pushed)} if pushed else {"pushes": 0}
+
+    def can_run_ahead(self):
+        """async: always; ssp: while the next push would be answered at once (the servers had
+        applied every clock up to this one's - s when they last answered)."""
+        if self.mode == "async":
+            return True
+        return self.asynchronous and float(self.replies[:, 0].min()) >= self.clock + 1 - self.bound
+
     def uncompressed_bytes(self):
-        """What this worker's push would send uncompressed: its whole gradient."""
-        return self.model.grad_flat.nbytes
+        """What this worker's pushes since the last step_metrics() (train.py reads this just before
+        it) would send uncompressed: its whole gradient each (at least one push)."""
+        return max(1, len(self._pushed)) * self.model.grad_flat.nbytes
 
     # ------------------------------------------------------------------------ checkpoints
     def checkpoint(self):
-        """Collective over the workers: worker 0 gathers every server's shard (after a barrier,
-        so every push of the steps before has been applied)."""
+        """Collective over the workers: worker 0 gathers every server's shard once every worker's
+        pushes so far have been answered (async: applied; ssp: the server waits until the slowest
+        worker's clock is applied, as workers that ran ahead hold later, pending clocks)."""
         extra = gather_states(self.group, self.local_state())
-        if self.group is not None:
-            self.group.Barrier()
+        clock = self.clock if self.group is None else self.group.allreduce(self.clock, op=MPI.MIN)
         if self.rank != 0:
             return None
         comm, names = self.roles.comm, self.state_names
@@ -247,7 +273,7 @@ class PSWorker(DistributedOptimizer):
         t = numpy.empty(1)
         for k, (lo, hi) in enumerate(self._shards()):
             src = self.roles.server_rank(k)
-            comm.Send([numpy.array([SAVE, self.clock, 0, 0], dtype=numpy.float64), MPI.BYTE], dest=src, tag=TAG_CTRL)
+            comm.Send([numpy.array([SAVE, clock, 0, 0], dtype=numpy.float64), MPI.BYTE], dest=src, tag=TAG_CTRL)
             for buf in (params[lo:hi], *(state[n][lo:hi] for n in names)):
                 comm.Recv([buf, MPI.BYTE], source=src, tag=TAG_STATE)
                 self._count(recv=buf.nbytes)
@@ -272,7 +298,7 @@ class PSWorker(DistributedOptimizer):
                 comm.Send([numpy.array([float(ckpt.optim_t)]), MPI.BYTE], dest=dest, tag=TAG_STATE)
         if self.group is not None:
             self.group.Barrier()
-        self.clock = step
+        self.clock = int(ckpt.optim_t) if self.mode == "ssp" else step   # ssp: the servers' clock (ran ahead: > step)
         shapes = {name: (a.shape, a.dtype) for name, a in self.local_state().items()}
         world = 1 if self.group is None else self.group.Get_size()
         self.load_local_state(rows_for_rank(ckpt.extra, shapes, self.rank, world, "resume"))

@@ -162,7 +162,7 @@ def merge_segments(records, starts):
         metrics={n: joined(lambda r: r.metrics[n], keep) for n in records[0].metrics
                  if all(n in r.metrics for r in records)},
         per_group={g: {n: joined(lambda r: r.per_group[g][n], keep) for n in schema.GROUP_FIELDS}
-                   for g in schema.GROUPS if all(r.per_group for r in records)},
+                   for g in schema.GROUPS if all(g in r.per_group for r in records)},
         memory={k: joined(lambda r: r.memory[k], keep) for k in schema.MEMORY_KINDS if all(r.memory for r in records)},
         segments=tuple((start, r.path, int(m.sum())) for start, r, m in zip(starts, records, keep)))
 
@@ -181,7 +181,7 @@ def _read_file(path):
             meta = schema.decode_meta(f.attrs)
             regions = sorted(f[schema.TIME_GROUP], key=_region_order)
             rank_group, global_group, eval_group = f[schema.RANK_GROUP], f[schema.GLOBAL_GROUP], f[schema.EVAL_GROUP]
-            v2 = list(schema.VERSION2_COLUMNS) if int(version) >= 2 else []
+            v2 = list(schema.version2_columns(int(version))) if int(version) >= 2 else []
             step_sets = [f[schema.STEP_PATH]] + [f[schema.TIME_GROUP][r] for r in regions] \
                 + [rank_group[n] for n in schema.RANK_FIELDS + tuple(v2)] \
                 + [global_group[n] for n in schema.GLOBAL_FIELDS]
@@ -197,7 +197,7 @@ def _read_file(path):
                 evals=_read_group(eval_group, eval_names, n_evals),
                 metrics={n: metric_group[n][:n_steps] for n in metric_group},
                 per_group={g: {n: rank_group[schema.group_column(g, n)][:n_steps] for n in schema.GROUP_FIELDS}
-                           for g in schema.GROUPS if v2},
+                           for g in schema.groups_of(int(version))},
                 memory={k: rank_group[schema.memory_column(k)][:n_steps] for k in schema.MEMORY_KINDS if v2})
         except (KeyError, ValueError, OSError) as exc:
             raise UserError(f"{path} is a damaged hpclm timing record: {exc}") from None

@@ -8,14 +8,16 @@ stays readable up to its last flush; S = logged steps, P = world size, E = evalu
     /rank/<field>          (S, P)  float64  step_time, bytes_sent, bytes_recv, bytes_uncompressed,
                                             loss (the rank's local loss), tokens
     /rank/group/<g>/<f>    (S, P)  float64  bytes_sent, bytes_recv of communicator group g (world,
-                                            dp, tp, pp, node, other; hpclm.comm.counters); they add
-                                            up to /rank/bytes_sent and /rank/bytes_recv (version >= 2)
+                                            dp, tp, pp, node, ps (version >= 3: parameter-server
+                                            traffic), other; hpclm.comm.counters); they add up to
+                                            /rank/bytes_sent and /rank/bytes_recv (version >= 2)
     /rank/memory/<kind>    (S, P)  float64  bytes the rank held in params, grads, optimizer,
                                             activations (peak of the step), from its arrays (>= 2)
     /global/<field>        (S,)    float64  lr, grad_norm, loss (global mean),
                                             elapsed (seconds since the recorder started, rank 0)
     /rank/metric/<name>    (S, P)  float64  optional per-rank measurements a strategy declares, NaN on
-                                            steps without one (gossip: consensus = ||x_i - x̄||^2)
+                                            steps without one (gossip: consensus = ||x_i - x̄||^2;
+                                            ps: staleness, pushes of the step)
     /eval/<field>          (E,)             step (int64), val_loss, train_loss (float64), and optional
                                             evaluation metrics a strategy declares (val_loss_min, ...)
     attributes of /                         schema_version (int), world_size (int),
@@ -42,7 +44,7 @@ import json
 import re
 from pathlib import Path
 
-SCHEMA_VERSION = 2                # 2: per-group bytes (/rank/group/...); version 1 records still read
+SCHEMA_VERSION = 3                # 2: per-group bytes (/rank/group/...); 3: the "ps" group; older records still read
 FILE_NAME = "timing.h5"
 TRACE_FILE_NAME = "trace.json"
 SEGMENT_NAME = re.compile(r"^timing-from-(\d+)\.h5$")   # a resumed run's record from step N on
@@ -54,7 +56,7 @@ OTHER_REGIONS = ("data", "eval", "checkpoint")
 REGIONS = COMPUTE_REGIONS + EXPOSED_COMM_REGIONS + OTHER_REGIONS + (BACKGROUND_COMM_REGION,)
 
 RANK_FIELDS = ("step_time", "bytes_sent", "bytes_recv", "bytes_uncompressed", "loss", "tokens")
-GROUPS = ("world", "dp", "tp", "pp", "node", "other")
+GROUPS = ("world", "dp", "tp", "pp", "node", "ps", "other")
 GROUP_FIELDS = ("bytes_sent", "bytes_recv")
 MEMORY_KINDS = ("params", "grads", "optimizer", "activations")
 GLOBAL_FIELDS = ("lr", "grad_norm", "loss", "elapsed")
@@ -107,8 +109,18 @@ def memory_column(kind):
     return f"memory/{kind}"
 
 
-VERSION2_COLUMNS = tuple(group_column(g, f) for g in GROUPS for f in GROUP_FIELDS) + \
-    tuple(memory_column(k) for k in MEMORY_KINDS)
+def groups_of(version):
+    """The byte groups a record of schema `version` holds (none before 2, no "ps" before 3)."""
+    return GROUPS if version >= 3 else tuple(g for g in GROUPS if g != "ps") if version >= 2 else ()
+
+
+def version2_columns(version=SCHEMA_VERSION):
+    """The per-group byte and memory columns of a record of schema `version` (>= 2)."""
+    return tuple(group_column(g, f) for g in groups_of(version) for f in GROUP_FIELDS) + \
+        tuple(memory_column(k) for k in MEMORY_KINDS)
+
+
+VERSION2_COLUMNS = version2_columns()
 
 
 def dataset_path(column):

@@ -81,3 +81,33 @@ def test_tensor_parallel_share_of_the_step(tmp_path, capsys):
     writer.close()
     assert main(["analyze", str(run_dir)]) == 0
     assert "tensor-parallel communication (tp_comm, inside forward/backward): 25.0% of the step" in capsys.readouterr().out
+
+
+def test_parameter_server_staleness_histogram_and_ps_bytes(tmp_path, capsys):
+    """A ps worker's record: the staleness histogram comes from its /rank/metric/staleness, the
+    pushes per worker from /rank/metric/pushes, and the ps group's bytes are their own column."""
+    run_dir = tmp_path / "ps"
+    run_dir.mkdir()
+    regions = schema.region_columns()
+    columns = schema.rank_columns(regions, ("staleness", "pushes"))
+    rows = np.zeros((2, 4, len(columns)))
+    rows[:, :, columns.index("step_time")] = 0.1
+    rows[:, :, columns.index("tokens")] = 100
+    rows[:, :, columns.index(schema.group_column("ps", "bytes_sent"))] = 3e6
+    rows[:, :, columns.index("bytes_sent")] = 3e6
+    rows[0, :, columns.index("metric/staleness")] = [0, 1, 1, 1]           # rank 0: fast, 3 pushes a step
+    rows[1, :, columns.index("metric/staleness")] = [0, 6, 6, 7]           # rank 1: slow, 1 push a step
+    rows[0, :, columns.index("metric/pushes")] = 3
+    rows[1, :, columns.index("metric/pushes")] = 1
+    global_rows = np.column_stack([np.full(4, 1e-3), np.ones(4), np.ones(4), np.arange(4.0)])
+    meta = {"world_size": 2, "schema_version": schema.SCHEMA_VERSION, "start_time": "now",
+            "hostnames_json": ["h"] * 2, "node_local_rank_json": [0, 1]}
+    writer = TimingWriter(run_dir / schema.FILE_NAME, 2, regions, meta, chunk_rows=4, metrics=("staleness", "pushes"))
+    writer.append_steps(np.arange(4), rows, global_rows)
+    writer.close()
+    assert main(["analyze", str(run_dir), "--skip-steps", "0"]) == 0
+    out = capsys.readouterr().out
+    hist = [line.split()[1:3] for line in out.splitlines() if line.startswith("    staleness ")]
+    assert hist == [["0:", "2"], ["1:", "3"], ["6:", "2"], ["7:", "1"]], out
+    assert "pushes per worker: rank 0 12, rank 1 4" in out
+    assert "sent per group: ps 3.000 MB" in out and "other" not in out.split("sent per group:")[1].splitlines()[0]

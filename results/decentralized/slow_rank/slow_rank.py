@@ -1,7 +1,7 @@
 """`hpclm train` with one worker slowed 3x: world rank SLOW_RANK sleeps twice the time its
-train_step took, after every step. Used by slow_rank.sh.
+train_step took, after every step. Used by run.sh.
 
-    mpiexec -n P python results/decentralized/ps/slow_rank.py SLOW_RANK train ...
+    mpiexec -n P python results/decentralized/slow_rank/slow_rank.py SLOW_RANK train ...
 """
 import sys
 import time
@@ -14,9 +14,9 @@ SLOW_RANK = int(sys.argv[1])
 original = train.train_step
 
 
-def slowed_step(s, step):
+def slowed_step(s, step, **kw):
     t0 = time.perf_counter()
-    out = original(s, step)
+    out = original(s, step, **kw)
     if MPI.COMM_WORLD.Get_rank() == SLOW_RANK:
         time.sleep(2 * (time.perf_counter() - t0))
     return out
