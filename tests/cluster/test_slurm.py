@@ -140,8 +140,10 @@ def wait_done(job, timeout, *others):
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_state(slurm, tmp_path):
-    """Also dp_shakespeare.sbatch's end-to-end test: outputs, log name, the hpclm analyze step."""
-    steps = 2000
+    """Also dp_shakespeare.sbatch's end-to-end test: outputs, log name, the hpclm analyze step.
+    The tiny model trains ~1 ms a step on an idle core: 10,000 steps keep the job training for
+    seconds after the urgent job is submitted (2,000 once ended before Slurm pre-empted it)."""
+    steps = 10000
     run, ref = tmp_path / "preempted", tmp_path / "reference"
     job, proc = sbatch("--ntasks=2", "jobscripts/dp_shakespeare.sbatch", wait=False, RUN_DIR=run, DATA="builtin",
                        SETS=sets(tmp_path, steps, *FAST))
