@@ -21,16 +21,24 @@ declare -A FLAGS=(
   [ring]="--set parallel.sync=gossip --set gossip.topology=ring"
   [exp2]="--set parallel.sync=gossip --set gossip.topology=exp2"
   [local16]="--set parallel.sync=local --set local.steps=16"
+  [ps_async]="--set parallel.sync=ps --set ps.servers=1 --set ps.mode=async"
+  [ps_ssp2]="--set parallel.sync=ps --set ps.servers=1 --set ps.mode=ssp --set ps.staleness=2"
+  [local4]="--set parallel.sync=local --set local.steps=4"
+  [diloco16]="--set parallel.sync=local --set local.outer=diloco --set local.steps=16"
+  [diloco64]="--set parallel.sync=local --set local.outer=diloco --set local.steps=64"
 )
-NAMES="allreduce ps_sync ring exp2 local16"
-echo "before: $(uptime)" > "$OUT/uptime.txt"
+NAMES=${NAMES:-"allreduce ps_sync ring exp2 local16"}   # the rest: NAMES="ps_async ps_ssp2 local4 diloco16 diloco64" TABLE=table2.txt
+TABLE=${TABLE:-table.txt}
+echo "before ($NAMES): $(uptime)" >> "$OUT/uptime.txt"
 for P in 4 8; do
   for name in $NAMES; do
     # shellcheck disable=SC2086
     mpiexec -n $P hpclm train "${COMMON[@]}" --out "$RUNS/p${P}_$name" ${FLAGS[$name]} > "$OUT/p${P}_$name.log" 2>&1
     cp "$RUNS/p${P}_$name/summary.json" "$OUT/p${P}_${name}_summary.json"
   done
-  cp "$RUNS/p${P}_ps_sync/ps-server-0.json" "$OUT/p${P}_ps_sync_ps-server-0.json"
+  for name in $NAMES; do
+    for f in "$RUNS/p${P}_$name"/ps-server-*.json; do [ -f "$f" ] && cp "$f" "$OUT/p${P}_${name}_$(basename "$f")"; done
+  done
 done
-echo "after: $(uptime)" >> "$OUT/uptime.txt"
-python "$OUT/table.py" "$RUNS" $NAMES | tee "$OUT/table.txt"
+echo "after ($NAMES): $(uptime)" >> "$OUT/uptime.txt"
+python "$OUT/table.py" "$RUNS" $NAMES | tee "$OUT/$TABLE"
