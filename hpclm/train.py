@@ -16,6 +16,7 @@ it keeps training (train.run_ahead), so a fast rank takes more steps than a slow
 waiting for it; max_steps counts rounds, and evaluation, the timing record and checkpoints happen
 at round boundaries (agreed points).
 """
+import functools
 import math
 import os
 import socket
@@ -229,7 +230,7 @@ def build_groups(world, pcfg):
 def setup(args, world):
     """Config, groups, data, model, strategy and timing record (a Session); a UserError anywhere stops
     every rank. On a parameter server (parallel.sync = ps): its hpclm.parallel.ps.ParameterServer."""
-    rank, size = world.Get_rank(), world.Get_size()
+    rank = world.Get_rank()
     cfg, ckpt = collectively(world, resolve_config, args)
     # The run directory: never replace another run unless --overwrite; unusable -> one line now.
     resume_dir = os.path.dirname(ckpt.path) if ckpt is not None else None
@@ -344,12 +345,31 @@ def train_step(s, step, data_step=None):
     return loss, grad_norm, lr
 
 
-def asynchronous_round(s, step, stop, agreement):
+def check_replicas(s, step):
+    if s.cfg.comm.check_every and (step + 1) % s.cfg.comm.check_every == 0:
+        s.strategy.check_replicas(step)
+
+
+def lockstep_round(s, step, stop, log_now, saving):
+    """Round `step` of a synchronous strategy: one step, its loss averaged over dp when it is logged,
+    the replica check, then one blocking all-reduce that agrees on a signal stop and raises on a
+    non-finite loss / gradient norm anywhere (guard.agree_to_stop). Returns (loss, grad norm, lr,
+    steps taken, stop agreed, loss to log), as asynchronous_round."""
+    loss, grad_norm, lr = train_step(s, step)
+    global_loss = s.dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
+    check_replicas(s, step)
+    want_stop = guard.agree_to_stop(s.world, step, loss, grad_norm, stop["signal"] is not None)
+    return loss, grad_norm, lr, 1, want_stop, global_loss
+
+
+def asynchronous_round(s, step, stop, log_now, saving, agreement):
     """Round `step` of an asynchronous strategy: this rank's step, the round's stop agreement
     (hpclm.guard.RoundAgreement) posted, then, with train.run_ahead and while the strategy allows
     it without blocking, more steps until every rank has posted. Each step draws the next global
-    batch of this rank's own count (s.data_step) at the round's lr. Returns (loss, grad norm, lr of
-    the last step, steps taken, stop agreed, mean loss of the round's first steps)."""
+    batch of this rank's own count (s.data_step) at the round's lr. Before anything is saved
+    (`saving`, or a stop) one collective check catches a non-finite value of a step taken after the
+    post. Returns (loss, grad norm, lr of the last step, steps taken, stop agreed, mean loss of the
+    round's first steps); the loss is the round's mean whether or not it is logged."""
     taken = 0
 
     def one_step():
@@ -368,6 +388,9 @@ def asynchronous_round(s, step, stop, agreement):
             break
         loss, grad_norm, lr = one_step()
     want_stop, round_loss = agreement.outcome()
+    check_replicas(s, step)
+    if want_stop or saving:
+        agreement.raise_if_non_finite()
     return loss, grad_norm, lr, taken, want_stop, round_loss
 
 
@@ -392,24 +415,13 @@ def train_steps(s, stop):
     t_start = window_t = time.perf_counter()
     window_tokens, val_loss, step = 0, math.nan, s.start_step
     agreement = guard.RoundAgreement(world) if s.strategy.asynchronous and s.size > 1 else None
+    run_round = lockstep_round if agreement is None else functools.partial(asynchronous_round, agreement=agreement)
     for step in range(s.start_step, cfg.train.max_steps):
         before = collectives.counters.by_group()
         last = step == cfg.train.max_steps - 1
         log_now = (step + 1) % cfg.train.log_interval == 0 or last or step == s.start_step
         checkpoint_now = cfg.train.checkpoint_interval and (step + 1) % cfg.train.checkpoint_interval == 0
-        if agreement is None:
-            loss, grad_norm, lr = train_step(s, step)
-            taken = 1
-            global_loss = dp.allreduce(loss) / s.dp_size if (log_now and s.dp_size > 1) else loss
-        else:
-            loss, grad_norm, lr, taken, want_stop, global_loss = asynchronous_round(s, step, stop, agreement)
-        if cfg.comm.check_every and (step + 1) % cfg.comm.check_every == 0:
-            s.strategy.check_replicas(step)
-        if agreement is None:
-            # One all-reduce agrees on a signal stop and raises on a non-finite loss / gradient norm anywhere.
-            want_stop = guard.agree_to_stop(world, step, loss, grad_norm, stop["signal"] is not None)
-        elif want_stop or last or checkpoint_now:
-            agreement.raise_if_non_finite()   # collective: catches a NaN in a step taken after the post
+        loss, grad_norm, lr, taken, want_stop, global_loss = run_round(s, step, stop, log_now, last or checkpoint_now)
         if (cfg.train.eval_interval and (step + 1) % cfg.train.eval_interval == 0) or last or want_stop:
             with timer.region("eval"):
                 val_loss, spread = s.strategy.evaluate(lambda group: evaluate(

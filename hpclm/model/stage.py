@@ -135,7 +135,6 @@ class StageModel:
         self.chunks = _chunks(full.units, ranges)                   # [[unit]] per chunk
         self.layout, self.tied_copy = _units_layout(full.layout, self.chunks, cfg.tie_weights)
         self.cfg, self.dtype, self.ranges = cfg, full.dtype, [tuple(r) for r in ranges]
-        self.first, self.stop = self.ranges[0][0], self.ranges[-1][1]   # first unit held, one past the last
         self.units = [u for chunk in self.chunks for u in chunk]
         names = [s.name for s in self.layout.slots]
         xp = X.np
@@ -148,6 +147,16 @@ class StageModel:
         self.resident = U.ResidentSource(self)
         self.activation_bytes_peak = 0
         self.recompute = False                                  # parallel.recompute = block
+
+    @property
+    def first(self):
+        """The first unit this rank holds (0: the Embedding)."""
+        return self.ranges[0][0]
+
+    @property
+    def stop(self):
+        """One past the last unit this rank holds (n_layer + 2: the Head)."""
+        return self.ranges[-1][1]
 
     def boundary_rows(self, n):
         """Rows of the (n, C) activation that crosses the stage's boundaries: all n, or under
