@@ -1,7 +1,8 @@
 # Sourced by jobscripts/*.sbatch (from the submit directory): time-limit signals and pre-emption.
 #   step srun hpclm train ...     # runs the step; a USR1/TERM to the batch shell is passed on to it
 #   requeue_unless_finished DIR   # after the step: requeue this job if the run in DIR stopped early
-# With `#SBATCH --signal=B:USR1@N` Slurm signals only the batch shell, N s before the time limit;
+# With `#SBATCH --signal=B:USR1@N` Slurm signals only the batch shell, N to N + 30 s before the time
+# limit (slurmctld checks every 30 s and signals up to one check early);
 # bash runs a trap only between commands, so the step runs in the background and the trap forwards
 # the signal to srun, which passes it to every task. At pre-emption (PreemptMode=REQUEUE with a
 # GraceTime) Slurm 22.05 sends SIGTERM to the tasks themselves instead. Either way hpclm train
