@@ -11,10 +11,14 @@ Float arithmetic is plain IEEE (no fastmath), so the compiled code rounds as Num
     rng: SplitMix64 of counter i + 1 of the stream key, top 24 bits * 2^-24 (hpclm.compress.rng)
 """
 import math
+import platform
 
+import llvmlite.binding
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from hpclm import kernels
 
@@ -358,6 +362,36 @@ def _f2h(x):
     return np.uint16(h | sign)
 
 
+@intrinsic
+def _f2h_instruction(typingctx, x):
+    """float32 -> IEEE half bits by LLVM's fptrunc (F16C's vcvtps2ph on x86, fcvt on ARM):
+    round to nearest even like _f2h; NaNs keep their sign and top payload bits (_f2h_hardware
+    maps them to 0x7E00)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@njit(cache=True, inline="always")
+def _f2h_hardware(x):
+    """_f2h's bits by the conversion instruction (every NaN -> sign | 0x7E00, as _f2h)."""
+    h = _f2h_instruction(np.float32(x))
+    nan = (np.float32(x).view(np.uint32) & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return (h & np.uint16(0x8000)) | np.uint16(0x7E00) if nan else h
+
+
+BF16, HALF_SOFTWARE, HALF_HARDWARE = 0, 1, 2           # kinds of the 16-bit kernels
+
+
+def _half_instructions():
+    """Whether LLVM may lower fptrunc to half to an instruction (x86 with F16C, 64-bit ARM)."""
+    return platform.machine().lower() in ("aarch64", "arm64") or \
+        "+f16c" in llvmlite.binding.get_host_cpu_features().flatten().split(",")
+
+
+HALF = HALF_HARDWARE if _half_instructions() else HALF_SOFTWARE   # the half kind to_16 and sum_16 use
+
+
 @njit(cache=True, inline="always")
 def _h2f(h):
     """IEEE half bits -> float32, exactly (half._half_to_float)."""
@@ -384,13 +418,16 @@ def _bf2f(h):
 
 
 @njit(cache=True, parallel=True)
-def _to_16(x, bf16, out):
+def _to_16(x, kind, out):
     n = x.size
     for c in prange(_tasks(n)):
         xc, oc = x[c * CHUNK:min(n, c * CHUNK + CHUNK)], out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
-        if bf16:
+        if kind == BF16:
             for i in range(xc.size):
                 oc[i] = _f2bf(xc[i])
+        elif kind == HALF_HARDWARE:
+            for i in range(xc.size):
+                oc[i] = _f2h_hardware(xc[i])
         else:
             for i in range(xc.size):
                 oc[i] = _f2h(xc[i])
@@ -410,13 +447,16 @@ def _from_16(h, bf16, out):
 
 
 @njit(cache=True, parallel=True)
-def _sum_16(acc, other, bf16):
+def _sum_16(acc, other, kind):
     n = acc.size
     for c in prange(_tasks(n)):
         a, b = acc[c * CHUNK:min(n, c * CHUNK + CHUNK)], other[c * CHUNK:min(n, c * CHUNK + CHUNK)]
-        if bf16:
+        if kind == BF16:
             for i in range(a.size):
                 a[i] = _f2bf(_bf2f(a[i]) + _bf2f(b[i]))
+        elif kind == HALF_HARDWARE:
+            for i in range(a.size):
+                a[i] = _f2h_hardware(_h2f(a[i]) + _h2f(b[i]))
         else:
             for i in range(a.size):
                 a[i] = _f2h(_h2f(a[i]) + _h2f(b[i]))
@@ -427,7 +467,7 @@ def to_16(x, bf16):
     _threads()
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty(flat.size, np.uint16)
-    _to_16(flat, bf16, out)
+    _to_16(flat, BF16 if bf16 else HALF, out)
     return out.reshape(np.shape(x))
 
 
@@ -444,7 +484,8 @@ def from_16(h, bf16, out=None):
 def sum_16(acc, other, bf16):
     """acc <- round16(float32(acc) + float32(other)), in place (twins: bf16.bf16_sum, half.add_halves)."""
     _threads()
-    _sum_16(acc.reshape(-1).view(np.uint16), np.ascontiguousarray(other).reshape(-1).view(np.uint16), bf16)
+    _sum_16(acc.reshape(-1).view(np.uint16), np.ascontiguousarray(other).reshape(-1).view(np.uint16),
+            BF16 if bf16 else HALF)
 
 
 # -- sparse --------------------------------------------------------------------------------------

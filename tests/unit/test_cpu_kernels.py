@@ -106,7 +106,20 @@ def test_topk_nan_falls_back_to_numpy(restore_kernels):
     assert_twins("topk", g)
 
 
-def test_half_conversions_every_pattern(restore_kernels):
+def _half_kinds():
+    from hpclm.compress import cpu
+    return sorted({cpu.HALF_SOFTWARE, cpu.HALF})       # the integer kernel, and the instruction where there is one
+
+
+@pytest.fixture(params=_half_kinds(), ids=lambda kind: {1: "software", 2: "instruction"}[kind])
+def half_kind(request, monkeypatch):
+    """Each float -> half kernel of this machine in turn (cpu.HALF: the one to_16 and sum_16 use)."""
+    from hpclm.compress import cpu
+    monkeypatch.setattr(cpu, "HALF", request.param)
+    return request.param
+
+
+def test_half_conversions_every_pattern(restore_kernels, half_kind):
     from hpclm.compress.half import float_to_half, half_to_float
     halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     f0, f1 = both(lambda: half_to_float(halves))
@@ -114,11 +127,14 @@ def test_half_conversions_every_pattern(restore_kernels):
     f = f0[~np.isnan(f0)]
     near = np.concatenate([f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf)),
                            (f[1:] + f[:-1]) / 2,                           # exact ties between neighbours
-                           np.float32([65504, 65519.99, 65520, 1e9, np.inf, -np.inf, np.nan, 2 ** -25, 2 ** -26])])
+                           np.float32([65504, 65519.99, 65520, 1e9, np.inf, -np.inf, np.nan, 2 ** -25, 2 ** -26]),
+                           np.uint32([0x7F800001, 0xFFFFFFFF, 0x7FC02000, 0xFFBFE000]).view(np.float32)])  # NaN payloads
     h0, h1 = both(lambda: float_to_half(near))
     assert same_bits(h0, h1)
-    with np.errstate(over="ignore"):
-        assert same_bits(h0, near.astype(np.float16))                      # and both round as NumPy's cast
+    numbers = ~np.isnan(near)
+    with np.errstate(over="ignore"):                                       # and both round as NumPy's cast
+        assert same_bits(h0[numbers], near[numbers].astype(np.float16))
+    assert np.all(h0[~numbers].view(np.uint16) & 0x7FFF == 0x7E00)         # every NaN: the quiet NaN, its sign kept
 
 
 def test_bf16_conversions_special_values(restore_kernels):
@@ -133,7 +149,7 @@ def test_bf16_conversions_special_values(restore_kernels):
 
 
 @pytest.mark.parametrize("name", ["fp16", "bf16"])
-def test_wire_sums(name, restore_kernels):
+def test_wire_sums(name, restore_kernels, half_kind):
     c = build(CompressConfig(name=name))
     rng = np.random.default_rng(7)
     a, b = (c.compress(rng.standard_normal(100003).astype(np.float32) * s)[0][0] for s in (1.0, 1e4))
