@@ -489,50 +489,86 @@ def sum_16(acc, other, bf16):
 
 
 # -- sparse --------------------------------------------------------------------------------------
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], np.int64)
+
+
 @njit(cache=True, parallel=True)
-def _collect(g, t, strict, idx, counts):
-    """Per chunk c: the indices i with |g[i]| >= t (> t if strict) into idx[c*CHUNK:], counts[c]
-    of them; returns the number of NaNs seen (the caller then falls back to NumPy)."""
-    n = g.size
-    nans = np.zeros(counts.size, np.int64)
+def _mark_at_least(bits, magnitude, floor, marks, counts):
+    """marks (ceil(n/8),) uint8: bit (7 - b) of byte j set where (bits[8j + b] & magnitude) >= floor,
+    i.e. |g| >= the float whose bits are floor (unsigned order is |float| order; a NaN is above
+    every floor); counts[c]: the marks in chunk c. One vectorised pass, like _pack_bits."""
+    n = bits.size
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
-        gc, ic = g[lo:hi], idx[lo:hi]
-        k = 0
-        bad = 0
-        for i in range(gc.size):
-            a = abs(gc[i])
-            bad += a != a
-            if a > t or (a == t and not strict):
-                ic[k] = lo + i
-                k += 1
-        counts[c] = k
-        nans[c] = bad
-    return nans.sum()
+        b, m = bits[lo:hi], marks[lo // 8:(hi + 7) // 8]
+        whole = b.size // 8
+        for j in range(whole):
+            byte = np.int64((b[8 * j] & magnitude) >= floor)
+            for k in range(1, 8):
+                byte = (byte << 1) | np.int64((b[8 * j + k] & magnitude) >= floor)
+            m[j] = byte
+        if 8 * whole < b.size:
+            byte = np.int64(0)
+            for i in range(8 * whole, 8 * whole + 8):
+                byte = (byte << 1) | (np.int64((b[i] & magnitude) >= floor) if i < b.size else np.int64(0))
+            m[whole] = byte
+        total = 0
+        for j in range(m.size):
+            total += _POPCOUNT[m[j]]
+        counts[c] = total
 
 
-@njit(cache=True)
-def _compact(idx, counts, g, out_idx, out_val):
-    k = 0
-    for c in range(counts.size):
-        for j in range(c * CHUNK, c * CHUNK + counts[c]):
-            out_idx[k] = idx[j]
-            out_val[k] = g[idx[j]]
-            k += 1
+_POSITIONS = np.array([[b for b in range(8) if v >> (7 - b) & 1] + [0] * (8 - bin(v).count("1"))
+                       for v in range(256)], np.int32)          # (256, 8): the marked bits of byte v
+
+
+@njit(cache=True, parallel=True)
+def _marked_indices(marks, starts, out_idx):
+    """The marked indices of chunk c, ascending, into out_idx[starts[c]:]: for each nonzero byte
+    (most are zero), its table positions."""
+    for c in prange(starts.size):
+        m = marks[c * (CHUNK // 8):min(marks.size, (c + 1) * (CHUNK // 8))]
+        k = starts[c]
+        for j in range(m.size):
+            v = m[j]
+            if v:
+                base = c * CHUNK + 8 * j
+                for q in range(_POPCOUNT[v]):
+                    out_idx[k + q] = base + _POSITIONS[v, q]
+                k += _POPCOUNT[v]
+
+
+@njit(cache=True, parallel=True)
+def _take(g, idx, out):
+    for c in prange(_tasks(idx.size)):
+        lo, hi = c * CHUNK, min(idx.size, c * CHUNK + CHUNK)
+        for i in range(lo, hi):
+            out[i] = g[idx[i]]
 
 
 def select_abs(g, t, strict):
     """(indices int32 ascending, values) of the elements with |g| >= t (> t if strict); None if g
-    holds a NaN (NumPy's ordering of NaN then decides: the caller's twin handles it)."""
+    holds a NaN or t is not a number >= 0 (NumPy's comparisons then decide: the caller's twin).
+    A pass marking |g| >= t in a bitmap (compared as bit patterns), then one turning marks into indices."""
     _threads()
     g = np.ascontiguousarray(g)
-    idx = np.empty(g.size, np.int32)             # only the kept prefix of each chunk is touched
-    counts = np.empty(_tasks(g.size), np.int64)
-    if _collect(g, g.dtype.type(t), bool(strict), idx, counts):
+    t = g.dtype.type(t)
+    if not t >= 0:
         return None
+    unsigned = np.uint32 if g.dtype.itemsize == 4 else np.uint64
+    floor = unsigned(abs(t).view(unsigned)) + unsigned(strict)      # |g| > t: bits >= t's bits + 1
+    magnitude = unsigned(np.iinfo(unsigned).max >> 1)                # all but the sign bit
+    marks = np.empty((g.size + 7) // 8, np.uint8)
+    counts = np.empty(_tasks(g.size), np.int64)
+    _mark_at_least(g.view(unsigned), magnitude, floor, marks, counts)
+    starts = np.zeros(counts.size, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
     total = int(counts.sum())
     out_idx, out_val = np.empty(total, np.int32), np.empty(total, g.dtype)
-    _compact(idx, counts, g, out_idx, out_val)
+    _marked_indices(marks, starts, out_idx)
+    _take(g, out_idx, out_val)
+    if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
+        return None
     return out_idx, out_val
 
 
