@@ -540,9 +540,9 @@ def _marked_indices(marks, starts, out_idx):
 
 @njit(cache=True, parallel=True)
 def _take(g, idx, out):
+    """out[i] = g[idx[i]] (a loop of its own: with the index scan it ran at half the speed)."""
     for c in prange(_tasks(idx.size)):
-        lo, hi = c * CHUNK, min(idx.size, c * CHUNK + CHUNK)
-        for i in range(lo, hi):
+        for i in range(c * CHUNK, min(idx.size, c * CHUNK + CHUNK)):
             out[i] = g[idx[i]]
 
 
@@ -570,6 +570,26 @@ def select_abs(g, t, strict):
     if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
         return None
     return out_idx, out_val
+
+
+@njit(cache=True, parallel=True)
+def _sample_abs(g, key, out):
+    """out[i] = |g[hash_i mod n]|, hash_i = rng.hash64(key, m)[i]: many independent loads at once."""
+    n, m, per = _U64(g.size), out.size, 4096                   # a sample is small: smaller tasks
+    for c in prange((m + per - 1) // per):
+        for i in range(c * per, min(m, c * per + per)):
+            z = _U64(i + 1) * _GOLDEN + key
+            z = (z ^ (z >> _S30)) * _M1
+            z = (z ^ (z >> _S27)) * _M2
+            out[i] = abs(g[(z ^ (z >> _S31)) % n])
+
+
+def sample_abs(g, key, m):
+    """(m,) |g| at the hashed positions rng.hash64(key, m) % n (twin: the same NumPy indexing)."""
+    _threads()
+    out = np.empty(m, g.dtype)
+    _sample_abs(np.ascontiguousarray(g), np.uint64(key), out)
+    return out
 
 
 @njit(cache=True, parallel=True)

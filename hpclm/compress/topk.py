@@ -40,11 +40,9 @@ def select_topk(a, k, xp):
     if k == 0:
         return xp.zeros(0, dtype=xp.int32)
     t = xp.partition(a, n - k)[n - k]
-    gt = xp.flatnonzero(a > t)
-    eq = xp.flatnonzero(a == t)[: k - gt.size]
-    idx = xp.concatenate([gt, eq]).astype(xp.int32)
-    idx.sort()
-    return idx
+    keep = a > t                                                   # (n,) bool: fewer than k of them
+    keep[xp.flatnonzero(a == t)[: k - int(keep.sum())]] = True     # ties at t by lowest index
+    return xp.flatnonzero(keep).astype(xp.int32)
 
 
 def select_topk_sampled(a, k, key, xp):
@@ -76,7 +74,7 @@ def select_topk_compiled(g, k, key):
     p = k / n + BRACKET_SIGMAS * (k / n / m) ** 0.5 + 8.0 / m        # fraction to collect
     if p >= 0.5:
         return None
-    sample = numpy.abs(g[(rng.hash64(key, m) % numpy.uint64(n)).astype(numpy.int64)])
+    sample = cpu.sample_abs(g, key, m)                                # |g| at hashed positions
     rank = m - int(p * m)                                            # the cut: the p-quantile from the top
     cut = numpy.partition(sample, rank)[rank]
     found = cpu.select_abs(g, cut, strict=False)

@@ -201,3 +201,12 @@ def test_kernel_switch(restore_kernels):
     with pytest.raises(UserError):
         TrainConfig(kernels="fortran").validate()
     TrainConfig(kernels="numpy").validate()
+
+
+@pytest.mark.parametrize("n,m", [(1, 5), (300001, 4096), (70000, 65537)])
+def test_hashed_sample_twin(n, m):
+    from hpclm.compress import cpu, rng
+    g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    key = rng.stream_key(5, 2, 1)
+    twin = np.abs(g[(rng.hash64(key, m) % np.uint64(n)).astype(np.int64)])
+    assert same_bits(cpu.sample_abs(g, key, m), twin)
