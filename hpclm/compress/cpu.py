@@ -47,13 +47,18 @@ def _tasks(n):
 
 # -- rng -----------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _uniform(key, i):
-    """float32 in [0, 1) of counter i of stream `key` (rng.uniform's element i)."""
+def _hash(key, i):
+    """rng.hash64's element i of stream `key`: SplitMix64 of counter i + 1."""
     z = _U64(i + 1) * _GOLDEN + key
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
-    z = z ^ (z >> _S31)
-    return np.float32(z >> _S40) * _TWO_M24
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, inline="always")
+def _uniform(key, i):
+    """float32 in [0, 1) of counter i of stream `key` (rng.uniform's element i)."""
+    return np.float32(_hash(key, i) >> _S40) * _TWO_M24
 
 
 # -- signs ---------------------------------------------------------------------------------------
@@ -578,10 +583,7 @@ def _sample_abs(g, key, out):
     n, m, per = _U64(g.size), out.size, 4096                   # a sample is small: smaller tasks
     for c in prange((m + per - 1) // per):
         for i in range(c * per, min(m, c * per + per)):
-            z = _U64(i + 1) * _GOLDEN + key
-            z = (z ^ (z >> _S30)) * _M1
-            z = (z ^ (z >> _S27)) * _M2
-            out[i] = abs(g[(z ^ (z >> _S31)) % n])
+            out[i] = abs(g[_hash(key, i) % n])
 
 
 def sample_abs(g, key, m):
@@ -593,49 +595,54 @@ def sample_abs(g, key, m):
 
 
 @njit(cache=True, parallel=True)
-def _collect_hash(key, n, cut, idx, hashes, counts):
-    """Per chunk c: the counters i < n whose SplitMix64 hash (rng.hash64) is below cut, with the
-    hash, into idx / hashes[c*CHUNK:], counts[c] of them."""
+def _mark_hash_below(key, n, cut, marks, counts):
+    """marks as _mark_at_least's, for hash(i) < cut over the counters i < n, and counts per chunk:
+    the hashes of 4096 counters at a time into a buffer that stays in L1 (that loop vectorises),
+    then their comparisons packed eight to a byte."""
+    per = 4096
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
-        ic, hc = idx[lo:hi], hashes[lo:hi]
-        h = np.empty(hi - lo, np.uint64)
-        for i in range(h.size):                                # vectorised hashing, then the scan
-            z = _U64(lo + i + 1) * _GOLDEN + key
-            z = (z ^ (z >> _S30)) * _M1
-            z = (z ^ (z >> _S27)) * _M2
-            h[i] = z ^ (z >> _S31)
-        k = 0
-        for i in range(h.size):
-            if h[i] < cut:
-                ic[k] = lo + i
-                hc[k] = h[i]
-                k += 1
-        counts[c] = k
+        h = np.empty(per, np.uint64)
+        m = marks[lo // 8:(hi + 7) // 8]
+        for s in range(lo, hi, per):
+            e = min(hi, s + per)
+            for i in range(e - s):
+                h[i] = _hash(key, s + i)
+            for i in range(e - s, (e - s + 7) // 8 * 8):
+                h[i] = cut                                       # padding: never below the cut
+            for j in range((e - s + 7) // 8):
+                byte = np.int64(h[8 * j] < cut)
+                for b in range(1, 8):
+                    byte = (byte << 1) | np.int64(h[8 * j + b] < cut)
+                m[(s - lo) // 8 + j] = byte
+        total = 0
+        for j in range(m.size):
+            total += _POPCOUNT[m[j]]
+        counts[c] = total
 
 
-@njit(cache=True)
-def _compact_hash(idx, hashes, counts, out_idx, out_hash):
-    k = 0
-    for c in range(counts.size):
-        for j in range(c * CHUNK, c * CHUNK + counts[c]):
-            out_idx[k] = idx[j]
-            out_hash[k] = hashes[j]
-            k += 1
+@njit(cache=True, parallel=True)
+def _hashes_at(key, idx, out):
+    for c in prange(_tasks(idx.size)):
+        for i in range(c * CHUNK, min(idx.size, c * CHUNK + CHUNK)):
+            out[i] = _hash(key, idx[i])
 
 
 def hashes_below(key, n, cut):
     """(indices int64 ascending, their hashes uint64) of the counters of stream `key` (hash64(key,
     n)) whose hash is below cut: randomk's candidates without the (n,) uint64 hash array."""
     _threads()
-    idx = np.empty(n, np.int64)
-    hashes = np.empty(n, np.uint64)
+    key, cut = np.uint64(key), np.uint64(cut)
+    marks = np.empty((n + 7) // 8, np.uint8)
     counts = np.empty(_tasks(n), np.int64)
-    _collect_hash(np.uint64(key), int(n), np.uint64(cut), idx, hashes, counts)
-    total = int(counts.sum())
-    out_idx, out_hash = np.empty(total, np.int64), np.empty(total, np.uint64)
-    _compact_hash(idx, hashes, counts, out_idx, out_hash)
-    return out_idx, out_hash
+    _mark_hash_below(key, int(n), cut, marks, counts)
+    starts = np.zeros(counts.size, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    idx = np.empty(int(counts.sum()), np.int64)
+    _marked_indices(marks, starts, idx)
+    hashes = np.empty(idx.size, np.uint64)
+    _hashes_at(key, idx, hashes)
+    return idx, hashes
 
 
 @njit(cache=True, parallel=True)
