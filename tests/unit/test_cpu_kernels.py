@@ -210,3 +210,16 @@ def test_hashed_sample_twin(n, m):
     key = rng.stream_key(5, 2, 1)
     twin = np.abs(g[(rng.hash64(key, m) % np.uint64(n)).astype(np.int64)])
     assert same_bits(cpu.sample_abs(g, key, m), twin)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decode_codes_twin(bits, dtype):
+    """Whole codes per byte (bits 1, 2, 4, 8) decode by a byte table, the rest by 64-bit words:
+    both equal table[unpack_codes(...)] on every size around the byte and chunk edges."""
+    from hpclm.compress import cpu
+    from hpclm.compress.bits import unpack_codes
+    table = (np.arange(1 << bits) * 1.5 - 3).astype(dtype)
+    for n in (1, 2, 3, 7, 8, 9, 65535, 3 * 65536 + 5):
+        packed = np.random.default_rng(n).integers(0, 256, (n * bits + 7) // 8).astype(np.uint8)
+        assert same_bits(cpu.decode_codes(packed, n, bits, table), table[unpack_codes(packed, n, bits)])
