@@ -283,7 +283,16 @@ def _codes(g, offset, kind, f, s, key, midpoints, out):
 
 @njit(cache=True)
 def _pack(codes, bits, out):
-    """codes (8 * groups,) at `bits` bits each, eight per 8*bits-bit group, into out (MSB first)."""
+    """codes (8 * groups,) at `bits` bits each, eight per 8*bits-bit group, into out (MSB first);
+    whole codes per byte (bits 2, 4) byte by byte, a loop per width (it vectorises)."""
+    if bits == 4:
+        for j in range(min(out.size, codes.size // 2)):
+            out[j] = (codes[2 * j] << 4) | codes[2 * j + 1]
+        return
+    if bits == 2:
+        for j in range(min(out.size, codes.size // 4)):
+            out[j] = (codes[4 * j] << 6) | (codes[4 * j + 1] << 4) | (codes[4 * j + 2] << 2) | codes[4 * j + 3]
+        return
     for j in range(codes.size // 8):
         word = np.uint64(0)
         for b in range(8):
