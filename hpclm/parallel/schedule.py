@@ -110,8 +110,11 @@ class Slot(NamedTuple):
 
 def simulate(ops, forward=1.0, backward=2.0):
     """Run the schedule on an ideal machine (each op takes `forward` or `backward`, transfers are
-    free): [Slot] in execution order. Raises UserError if the schedule deadlocks or misses an op."""
+    free): [Slot] in execution order. forward / backward: one time for every stage, or a sequence
+    of p, stage s's (unbalanced stages). Raises UserError if the schedule deadlocks or misses an op."""
     p = len(ops)
+    forward = list(forward) if hasattr(forward, "__len__") else [forward] * p      # (p,) per op
+    backward = list(backward) if hasattr(backward, "__len__") else [backward] * p
     v = 1 + max(op.chunk for stage in ops for op in stage)
     last = p * v - 1
     done = {}                                  # (kind, micro, virtual stage) -> end time
@@ -132,7 +135,7 @@ def simulate(ops, forward=1.0, backward=2.0):
                 need.append(("F", op.micro, k))
             if all(n in done for n in need):
                 start = max([clock[s]] + [done[n] for n in need])
-                end = start + (forward if op.kind == "F" else backward)
+                end = start + (forward[s] if op.kind == "F" else backward[s])
                 done[(op.kind, op.micro, k)] = end
                 clock[s] = end
                 position[s] += 1

@@ -81,3 +81,14 @@ def test_cli_prints_the_diagram(capsys):
     out = capsys.readouterr().out
     assert "stage 3: ...0123" in out and "bubble 0.158" in out        # (p-1)/v / (m + (p-1)/v) = 1.5 / 9.5
     assert main(["schedule", "--pp", "0"]) == 2
+
+
+def test_simulate_per_stage_times_gpipe_makespan_is_the_flow_shop_form():
+    """GPipe with stage times f_s, b_s: the last forward ends at sum f + (m - 1) max f (identical jobs
+    through a flow shop), the backward sweep adds sum b + (m - 1) max b; equal lists = one number."""
+    f, b, m = [1.0, 1.5, 1.2], [2.0, 2.5, 3.5], 4
+    slots = simulate(gpipe(3, m), forward=f, backward=b)
+    span = max(x.end for x in slots)
+    assert span == pytest.approx(sum(f) + sum(b) + (m - 1) * (max(f) + max(b)))
+    assert simulate(one_f_one_b(3, m), forward=[1.0] * 3, backward=[2.0] * 3) == \
+        simulate(one_f_one_b(3, m), forward=1.0, backward=2.0)
