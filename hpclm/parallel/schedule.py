@@ -155,11 +155,14 @@ def bubble_fraction(slots):
     return 1.0 - busy / (p * span)
 
 
-def peak_in_flight(ops_of_stage):
-    """The most micro-batch chunks whose forward ran and whose backward has not (live activations)."""
+def peak_in_flight(ops_of_stage, size=None):
+    """The most micro-batch chunks whose forward ran and whose backward has not (live activations);
+    with size(chunk) (e.g. the bytes of one micro-batch's caches in that chunk) the largest sum of
+    their sizes instead of their count (chunks of one rank differ: the embedding, the head)."""
+    size = size or (lambda chunk: 1)
     alive = peak = 0
     for op in ops_of_stage:
-        alive += 1 if op.kind == "F" else -1
+        alive += size(op.chunk) if op.kind == "F" else -size(op.chunk)
         peak = max(peak, alive)
     return peak
 

@@ -44,8 +44,9 @@ if [ -z "${SKIP_INTERLEAVED:-}" ]; then   # interleaved (v = 2) and 1f1b on the 
   python results/pipeline/tables.py interleaved $RUNS "$OUT"
 fi
 if [ -z "${SKIP_MEMORY:-}" ]; then
-  for s in gpipe 1f1b; do for r in none block; do
-    mpiexec -n 4 hpclm train $(common 4 8 $s) --set parallel.recompute=$r --set train.trace=3:4 \
+  for s in gpipe 1f1b interleaved; do for r in none block; do
+    layers=4; [ $s = interleaved ] && layers=8                 # interleaved: 2 chunks of one block per rank
+    mpiexec -n 4 hpclm train $(common 4 8 $s $layers) --set parallel.recompute=$r --set train.trace=3:4 \
       --out $RUNS/memory_${s}_${r} --overwrite > /dev/null
   done; done
   python results/pipeline/tables.py memory $RUNS "$OUT"

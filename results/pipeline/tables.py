@@ -68,20 +68,25 @@ def interleaved(runs, out):
 def memory(runs, out):
     lines = ["| schedule | recompute | stage | in flight | measured peak (bytes) | closed form (bytes) |",
              "|---|---|---|---|---|---|"]
-    for s in ("gpipe", "1f1b"):
+    for s in ("gpipe", "1f1b", "interleaved"):
         for r in ("none", "block"):
+            if not (runs / f"memory_{s}_{r}").is_dir():
+                continue
             rec = read_run(runs / f"memory_{s}_{r}")
             par = rec.meta["config_json"]["parallel"]
             mod = rec.meta["config_json"]["model"]
-            p, m = int(par["pp"]), int(par["micro_batches"])
+            p, m, v = int(par["pp"]), int(par["micro_batches"]), int(par.get("chunks", 1))
             model = ModelConfig(**mod)
             b, T = rec.meta["config_json"]["train"]["batch_size"] // m, mod["block_size"]
             peak = np.nanmax(rec.memory["activations"], axis=0)            # (P,) each rank's peak
             for st in range(p):
-                fly = peak_in_flight(schedule(s, p, m)[st])
-                form = fly * activation_bytes(model, b, T, 4, recompute=r == "block", n_layer=model.n_layer // p,
-                                              head=st == p - 1, embedding=st == 0)
-                lines.append(f"| {s} | {r} | {st} | {fly} | {int(peak[st]):,} | {form:,} |")
+                def chunk_bytes(c):          # one micro-batch's caches in chunk c of stage st
+                    return activation_bytes(model, b, T, 4, recompute=r == "block", n_layer=model.n_layer // (p * v),
+                                            head=st == p - 1 and c == v - 1, embedding=st == 0 and c == 0)
+                ops = schedule(s, p, m, v)[st]
+                fly, form = peak_in_flight(ops), peak_in_flight(ops, chunk_bytes)
+                name = s if v == 1 else f"{s} v={v}"
+                lines.append(f"| {name} | {r} | {st} | {fly} | {int(peak[st]):,} | {form:,} |")
     (out / "memory.md").write_text("\n".join(lines) + "\n")
 
 

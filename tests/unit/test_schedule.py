@@ -92,3 +92,13 @@ def test_simulate_per_stage_times_gpipe_makespan_is_the_flow_shop_form():
     assert span == pytest.approx(sum(f) + sum(b) + (m - 1) * (max(f) + max(b)))
     assert simulate(one_f_one_b(3, m), forward=[1.0] * 3, backward=[2.0] * 3) == \
         simulate(one_f_one_b(3, m), forward=1.0, backward=2.0)
+
+
+def test_peak_in_flight_weighs_chunks_by_size():
+    """Interleaved p 2, m 2, v 2 with chunk 0 ten times larger: stage 0 runs F00 F10 F01 F11 before
+    any backward (10 + 10 + 1 + 1 = 22 live), stage 1 runs F00 F10 F01 B01 F11 (at most 21); with
+    every chunk of size 1 the weighted peak is the count."""
+    ops = interleaved(2, 2, 2)
+    assert [peak_in_flight(stage, lambda c: 10 if c == 0 else 1) for stage in ops] == [22, 21]
+    for stage in ops:
+        assert peak_in_flight(stage, lambda c: 1) == peak_in_flight(stage)
