@@ -20,7 +20,7 @@ from hpclm.model import units as U
 from hpclm.model.stage import StageModel, balanced_ranges, interleave
 from hpclm.parallel.memory import activation_bytes
 from hpclm.parallel.pipeline import PipelineEngine, stage_norm_squared
-from hpclm.parallel.schedule import schedule
+from hpclm.parallel.schedule import peak_in_flight, schedule
 
 MPI_SIZES = (2, 4)
 SIZE = MPI.COMM_WORLD.Get_size()
@@ -49,16 +49,6 @@ def reference(cfg):
     x, y = BatchSampler(TOKENS, BLOCK, BATCH, SEED).batch(0)
     loss = model.forward_backward(x, y)
     return model, loss
-
-
-def scheduled_peak(ops, chunk_bytes):
-    """The most bytes of caches alive at once when `ops` run, a micro-batch's cache of chunk c
-    holding chunk_bytes[c]."""
-    live = peak = 0
-    for op in ops:
-        live += chunk_bytes[op.chunk] if op.kind == "F" else -chunk_bytes[op.chunk]
-        peak = max(peak, live)
-    return peak
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recompute"])
@@ -118,7 +108,7 @@ def test_in_flight_activations(world, name, chunks):
         _, caches = U.forward_units(units, one.resident, inp, BATCH // micro, BLOCK,
                                     targets=y if k == P * chunks - 1 else None)
         chunk_bytes.append(U.activation_bytes(caches))
-    want = scheduled_peak(engine.ops, chunk_bytes)
+    want = peak_in_flight(engine.ops, chunk_bytes.__getitem__)
     assert_all(world, stage.activation_bytes_peak == want, f"stage {r}: {stage.activation_bytes_peak} vs {want}")
     if name != "interleaved":
         fly = stage.activation_bytes_peak / chunk_bytes[0]
@@ -142,7 +132,7 @@ def test_recompute_is_bitwise_and_peak_bytes_follow_the_closed_form(world, name,
                                       n_layer=sum(isinstance(u, U.Block) for u in units),
                                       head=isinstance(units[-1], U.Head), embedding=isinstance(units[0], U.Embedding))
                      for units in stage.chunks]
-        got[recompute] = (stage.grad_flat.copy(), stage.activation_bytes_peak, scheduled_peak(ops, per_chunk))
+        got[recompute] = (stage.grad_flat.copy(), stage.activation_bytes_peak, peak_in_flight(ops, per_chunk.__getitem__))
         engine.free()
     assert_all(world, np.array_equal(got[False][0], got[True][0]), f"stage {r}: recomputed gradients differ")
     assert_all(world, all(peak == form for _, peak, form in got.values()), f"stage {r}: {[g[1:] for g in got.values()]}")
