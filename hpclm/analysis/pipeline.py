@@ -3,7 +3,6 @@
     bubble(record, skip_steps=1)        # PipelineBubble: the whole pipeline's and each stage's
     closed_form(p, m, v=1)              # (p - 1) / (v m + p - 1): GPipe and 1F1B (v = 1), interleaved
                                         # over v chunks per stage, balanced stages
-    scheduled(name, p, m, v, f, b)      # the schedule's own bubble with stage s's op times f[s], b[s]
     timeline(path, trace_json, pp)      # stages x time, a box per forward / backward per micro-batch
 
 Measured bubble of one step: every rank of a pipeline starts the step together (the previous
@@ -16,10 +15,10 @@ span is the longest window of all replicas). Each is the median over the counted
 
 The closed form assumes equal stages. Measured stages differ (the first holds the embedding, the
 last the head and loss, cores differ in speed), and a stage that computes less idles more at
-every micro-batch. `scheduled` runs the schedule on the ideal machine of hpclm.parallel.schedule
-with each stage's measured forward and backward time per op (the median step's busy time over
-its v m ops): the bubble the schedule itself implies for these stages. Measured minus scheduled
-is what execution adds (transfers, waits, the host); with equal stages scheduled = closed form.
+every micro-batch. The PipelineBubble also carries each stage's forward and backward time per op
+(the median step's busy time over its v m ops): `hpclm schedule --run RUN_DIR` runs the schedule
+on the ideal machine of hpclm.parallel.schedule with them, the bubble that the schedule itself
+implies for these stages (with equal stages: the closed form).
 
 The timeline reads RUN_DIR/trace.json (train.trace): on each stage the k-th forward (backward)
 region of a step is micro-batch k's, as GPipe and 1F1B run their micro-batches in order (the
@@ -42,7 +41,8 @@ class PipelineBubble:
     measured: float              # the pipeline's bubble (median over steps)
     per_stage: list              # stage s's idle share of the span (median over steps)
     chunks: int = 1              # model chunks per stage (interleaved)
-    scheduled: float = None      # the schedule's bubble with the measured stage times (`scheduled`)
+    forward_op: list = None      # (p,) stage s's forward time per op, seconds (median step / (v m))
+    backward_op: list = None     # (p,) the same for its backward
 
     @property
     def expected(self):
@@ -54,13 +54,6 @@ def closed_form(p, m, v=1):
     the interleaved schedule over v chunks per stage (Narayanan et al. 2021, §2.2: the bubble time
     (p - 1) / v of a micro-batch's, so a fraction (p - 1) / (v m + p - 1) of the step)."""
     return (p - 1) / (v * m + p - 1)
-
-
-def scheduled(name, p, m, v, forward, backward):
-    """The bubble fraction of schedule `name` (p stages, m micro-batches, v chunks) on an ideal
-    machine where stage s's forward and backward ops take forward[s] and backward[s]."""
-    from hpclm.parallel.schedule import bubble_fraction, schedule, simulate
-    return bubble_fraction(simulate(schedule(name, p, m, v), forward, backward))
 
 
 def stage_of_rank(layout, rank):
@@ -86,16 +79,14 @@ def bubble(record, skip_steps=1):
     ops_per_step = m * v
     per_op = [[float(np.median(record.times[kind][rows][:, stages == s].mean(axis=1))) / ops_per_step
                for s in range(pp)] for kind in ("forward", "backward")]               # (2, p) seconds
-    return PipelineBubble(pp, m, name, float(np.median(whole)), per_stage, v,
-                          scheduled(name, pp, m, v, *per_op) if min(map(min, per_op)) > 0 else None)
+    return PipelineBubble(pp, m, name, float(np.median(whole)), per_stage, v, *per_op)
 
 
 def format_bubble(b):
     stages = " ".join(f"{x:.3f}" for x in b.per_stage)
     form = "(p-1)/(m+p-1)" if b.chunks == 1 else f"(p-1)/(v m+p-1), v {b.chunks}"
-    own = "" if b.scheduled is None else f"; the schedule with these stages' times {b.scheduled:.3f}"
     return (f"  pipeline bubble: measured {b.measured:.3f} ({b.schedule}, p {b.pp}, m {b.micro_batches}; "
-            f"closed form {form} {b.expected:.3f}{own}); per stage {stages}")
+            f"closed form {form} {b.expected:.3f}); per stage {stages}")
 
 
 def trace_boxes(trace_json, pp, layout=None):

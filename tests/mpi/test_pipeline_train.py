@@ -235,6 +235,9 @@ def test_cli_train_resume_on_another_layout_and_bad_input(world, capsys):
         assert main(["analyze", str(root / "straight"), "--plots", str(root / "plots")]) == 0
         out = capsys.readouterr().out
         assert "pipeline bubble: measured" in out and (root / "plots" / "timeline_straight.png").stat().st_size > 0
+        assert main(["schedule", "--run", str(root / "straight")]) == 0          # the schedule at the run's times
+        out = capsys.readouterr().out
+        assert "pipeline bubble: measured" in out and "the schedule with the run's stage times" in out
     assert main(["train", "--out", str(root / "part")] + common + pp + ["--set", "train.max_steps=2"]) == 0
     # resume the pipeline's checkpoint as plain data parallelism on the same world
     assert main(["train", "--resume", str(root / "part"), "--set", "train.max_steps=4",

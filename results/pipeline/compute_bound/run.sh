@@ -16,5 +16,5 @@ for m in 1 2 4 8 16; do for s in gpipe 1f1b interleaved; do
     --set parallel.pp=2 --set parallel.micro_batches=$m --set parallel.schedule=$s $extra \
     --set train.max_steps=5 --set train.eval_interval=0 --set train.eval_batches=1 --set train.log_interval=100 \
     --set train.threads=1 --out "$RUNS/bubble_${s}_p2_m${m}" --overwrite > /dev/null 2>&1
-  echo "$s m=$m: $(hpclm analyze "$RUNS/bubble_${s}_p2_m${m}" | grep 'pipeline bubble')"
+  echo "$s m=$m: $(hpclm schedule --run "$RUNS/bubble_${s}_p2_m${m}" | tr -s ' ' | tr '\n' ' ')"
 done; done | tee "$OUT/bubble.txt"
