@@ -583,6 +583,16 @@ def _marked_indices(marks, starts, out_idx):
                 k += _POPCOUNT[v]
 
 
+def _indices_of_marks(marks, counts, dtype):
+    """(sum counts,) of `dtype`: the marked positions, ascending, of a bitmap whose chunk c holds
+    counts[c] marks (what _mark_at_least and _mark_hash_below write)."""
+    starts = np.zeros(counts.size, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])                      # (chunks,) where chunk c's indices go
+    idx = np.empty(int(counts.sum()), dtype)
+    _marked_indices(marks, starts, idx)
+    return idx
+
+
 @njit(cache=True, parallel=True)
 def _take(g, idx, out):
     """out[i] = g[idx[i]] (a loop of its own: with the index scan it ran at half the speed)."""
@@ -606,11 +616,8 @@ def select_abs(g, t, strict):
     marks = np.empty((g.size + 7) // 8, np.uint8)
     counts = np.empty(_tasks(g.size), np.int64)
     _mark_at_least(g.view(unsigned), magnitude, floor, marks, counts)
-    starts = np.zeros(counts.size, np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    total = int(counts.sum())
-    out_idx, out_val = np.empty(total, np.int32), np.empty(total, g.dtype)
-    _marked_indices(marks, starts, out_idx)
+    out_idx = _indices_of_marks(marks, counts, np.int32)
+    out_val = np.empty(out_idx.size, g.dtype)
     _take(g, out_idx, out_val)
     if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
         return None
@@ -676,10 +683,7 @@ def hashes_below(key, n, cut):
     marks = np.empty((n + 7) // 8, np.uint8)
     counts = np.empty(_tasks(n), np.int64)
     _mark_hash_below(key, int(n), cut, marks, counts)
-    starts = np.zeros(counts.size, np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    idx = np.empty(int(counts.sum()), np.int64)
-    _marked_indices(marks, starts, idx)
+    idx = _indices_of_marks(marks, counts, np.int64)
     hashes = np.empty(idx.size, np.uint64)
     _hashes_at(key, idx, hashes)
     return idx, hashes
