@@ -18,7 +18,9 @@ last the head and loss, cores differ in speed), and a stage that computes less i
 every micro-batch. The PipelineBubble also carries each stage's forward and backward time per op
 (the median step's busy time over its v m ops): `hpclm schedule --run RUN_DIR` runs the schedule
 on the ideal machine of hpclm.parallel.schedule with them, the bubble that the schedule itself
-implies for these stages (with equal stages: the closed form).
+implies for these stages (with equal stages: the closed form). The slowest stage's own idle
+share (`slowest_idle`) is the bubble without the imbalance: the others idle that much and, at every
+micro-batch, the difference between their op time and its.
 
 The timeline reads RUN_DIR/trace.json (train.trace): on each stage the k-th forward (backward)
 region of a step is micro-batch k's, as GPipe and 1F1B run their micro-batches in order (the
@@ -47,6 +49,18 @@ class PipelineBubble:
     @property
     def expected(self):
         return closed_form(self.pp, self.micro_batches, self.chunks)
+
+    @property
+    def slowest_stage(self):
+        """The stage with the longest forward + backward per op: the one every other stage waits for."""
+        return int(np.argmax(np.add(self.forward_op, self.backward_op)))
+
+    @property
+    def slowest_idle(self):
+        """The slowest stage's idle share of the span: the schedule's fill and drain alone (a faster
+        stage also idles at every micro-batch, waiting for it; with equal stages every stage's idle
+        is the closed form, and unequal ones leave the slowest stage at or below it)."""
+        return self.per_stage[self.slowest_stage]
 
 
 def closed_form(p, m, v=1):
@@ -86,7 +100,8 @@ def format_bubble(b):
     stages = " ".join(f"{x:.3f}" for x in b.per_stage)
     form = "(p-1)/(m+p-1)" if b.chunks == 1 else f"(p-1)/(v m+p-1), v {b.chunks}"
     return (f"  pipeline bubble: measured {b.measured:.3f} ({b.schedule}, p {b.pp}, m {b.micro_batches}; "
-            f"closed form {form} {b.expected:.3f}); per stage {stages}")
+            f"closed form {form} {b.expected:.3f}); per stage {stages}; slowest stage {b.slowest_stage} "
+            f"idle {b.slowest_idle:.3f}")
 
 
 def trace_boxes(trace_json, pp, layout=None):

@@ -36,6 +36,7 @@ def test_bubble_of_an_ideal_run_is_the_closed_form(name, p, m):
     assert got.measured == pytest.approx(PA.closed_form(p, m), rel=1e-12)
     assert got.measured == pytest.approx(bubble_fraction(slots), rel=1e-12)
     assert got.per_stage[0] == pytest.approx(PA.closed_form(p, m), rel=1e-12)   # stage 0 idles the whole bubble
+    assert got.slowest_idle == pytest.approx(PA.closed_form(p, m), rel=1e-12)   # so does every stage
     assert (got.pp, got.micro_batches, got.schedule) == (p, m, name)
 
 
@@ -59,6 +60,7 @@ def test_unbalanced_stages_the_schedule_with_their_times_is_the_measured_bubble(
     assert got.measured > PA.closed_form(p, m) + 0.05
     assert got.forward_op == pytest.approx(f, rel=1e-12) and got.backward_op == pytest.approx(b, rel=1e-12)
     assert with_stage_times(got) == pytest.approx(got.measured, rel=1e-12)
+    assert got.slowest_stage == 1 and got.slowest_idle < PA.closed_form(p, m) < got.per_stage[0]
     balanced, _, _ = ideal_record(name, p, m)
     assert with_stage_times(PA.bubble(balanced)) == pytest.approx(PA.closed_form(p, m), rel=1e-12)
 
