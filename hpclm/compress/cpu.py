@@ -64,7 +64,7 @@ def _uniform(key, i):
 # -- signs ---------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _pack_bits(bits, shift, out):
-    """Sign bits (bits[i] >> shift) into out (ceil(bits.size / 8),), the last byte zero-padded.
+    """Bits (bits[i] >> shift: sign bits, or 0/1 flags with shift 0) into out (ceil(bits.size / 8),), the last byte zero-padded.
     Kernels index chunk slices from 0 (so Numba can drop negative-index wrap-around and vectorize)."""
     whole = bits.size // 8
     for j in range(whole):
@@ -255,6 +255,36 @@ def _uniforms(key, offset, out):
         out[i] = _uniform(key, offset + i)
 
 
+@intrinsic
+def _float_bits(typingctx, x):
+    """The bit pattern of a float32 as uint32 (an LLVM bitcast: it vectorises, unlike .view)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+_BELOW_BLOCK = 4096                                            # elements: the block and its counts stay in L1
+
+
+@njit(cache=True)
+def _count_below(g, midpoints, out):
+    """out[i] = #{m in midpoints: m < g[i]} (k - 1 for a NaN) for finite midpoints: the sign bit of
+    m - g[i] (exact: the difference of two floats is 0 only when they are equal, and its sign never
+    rounds away; an infinite g gives an infinite difference of the right sign), summed over the
+    midpoints block by block without compare masks."""
+    count = np.empty(min(g.size, _BELOW_BLOCK), np.uint32)
+    k1 = np.uint32(midpoints.size)
+    for lo in range(0, g.size, _BELOW_BLOCK):
+        gb, ob = g[lo:lo + _BELOW_BLOCK], out[lo:lo + _BELOW_BLOCK]
+        c = count[:gb.size]
+        c[:] = 0
+        for m in midpoints:
+            for i in range(gb.size):
+                c[i] += _float_bits(np.float32(m - gb[i])) >> np.uint32(31)
+        for i in range(gb.size):
+            ob[i] = np.uint8(c[i] if gb[i] == gb[i] else k1)
+
+
 @njit(cache=True)
 def _codes(g, offset, kind, f, s, key, midpoints, out):
     """out[i] = the code of g[i] (element offset + i of the gradient), one loop per kind."""
@@ -273,6 +303,8 @@ def _codes(g, offset, kind, f, s, key, midpoints, out):
             keep = np.int64(u[i] < np.float32(abs(g[i])) * f)
             neg = np.int64(math.copysign(1.0, g[i]) < 0)
             out[i] = np.uint8(1 + keep - 2 * (keep & neg))
+    elif np.isfinite(midpoints).all():                         # kmeans: #{midpoints < g}, NaN -> k - 1
+        _count_below(g, midpoints, out)
     else:                                                      # kmeans: (k - 1) - #{midpoints >= g}
         for i in range(g.size):
             out[i] = midpoints.size
@@ -292,6 +324,19 @@ def _pack(codes, bits, out):
     if bits == 2:
         for j in range(min(out.size, codes.size // 4)):
             out[j] = (codes[4 * j] << 6) | (codes[4 * j + 1] << 4) | (codes[4 * j + 2] << 2) | codes[4 * j + 3]
+        return
+    if bits == 6:                                               # four codes in three bytes
+        whole = min(codes.size // 4, out.size // 3)
+        for j in range(whole):
+            a, b, c, d = codes[4 * j], codes[4 * j + 1], codes[4 * j + 2], codes[4 * j + 3]
+            out[3 * j] = (a << 2) | (b >> 4)
+            out[3 * j + 1] = ((b & 15) << 4) | (c >> 2)
+            out[3 * j + 2] = ((c & 3) << 6) | d
+        if 3 * whole < out.size:                                # the first bytes of a last, partial group
+            a, b, c = codes[4 * whole], codes[4 * whole + 1], codes[4 * whole + 2]
+            out[3 * whole] = (a << 2) | (b >> 4)
+            if 3 * whole + 1 < out.size:
+                out[3 * whole + 1] = ((b & 15) << 4) | (c >> 2)
         return
     for j in range(codes.size // 8):
         word = np.uint64(0)
@@ -356,6 +401,19 @@ def _decode_bytes(packed, words, out64):
                     out64[j * w + b] = words[packed[j], b]
 
 
+@njit(cache=True, parallel=True)
+def _decode_six(packed, units, pairs, out64):
+    """out64 (2 units,) uint64 <- 6-bit codes, four in each of the `units` 3-byte units of packed:
+    pairs[12 bits] (4096,) holds the two float32 values of a code pair as one word."""
+    per = CHUNK // 4
+    for c in prange((units + per - 1) // per):
+        for k in range(c * per, min(units, c * per + per)):
+            x = (np.uint32(packed[3 * k]) << np.uint32(16)) | (np.uint32(packed[3 * k + 1]) << np.uint32(8)) \
+                | np.uint32(packed[3 * k + 2])
+            out64[2 * k] = pairs[x >> np.uint32(12)]
+            out64[2 * k + 1] = pairs[x & np.uint32(4095)]
+
+
 _NO_MIDPOINTS = np.zeros(0, np.float32)
 
 
@@ -384,6 +442,14 @@ def decode_codes(packed, n, bits, table, out=None):
                       out[:whole * per].view(np.uint64))
         if whole * per < n:                                       # the last byte's first codes
             out[whole * per:] = values[packed[whole], :n - whole * per]
+    elif bits == 6 and table.itemsize == 4 and n >= 4:             # a code pair decodes to one word
+        units = n // 4
+        codes = np.arange(4096)                                     # (4096,): code pairs, first code high
+        pairs = np.stack([table[codes >> 6], table[codes & 63]], axis=1)             # (4096, 2)
+        _decode_six(packed, units, np.ascontiguousarray(pairs).view(np.uint64).reshape(-1),
+                    out[:units * 4].view(np.uint64))
+        if units * 4 < n:                                           # the last unit's first codes
+            _decode_codes(packed[3 * units:], n - units * 4, 6, table, out[units * 4:])
     else:
         _decode_codes(packed, int(n), int(bits), table, out)
     return out
@@ -644,24 +710,18 @@ def sample_abs(g, key, m):
 @njit(cache=True, parallel=True)
 def _mark_hash_below(key, n, cut, marks, counts):
     """marks as _mark_at_least's, for hash(i) < cut over the counters i < n, and counts per chunk:
-    the hashes of 4096 counters at a time into a buffer that stays in L1 (that loop vectorises),
-    then their comparisons packed eight to a byte."""
+    4096 counters at a time, their comparisons into a byte buffer that stays in L1 (that loop
+    vectorises, hash and compare), then packed eight to a byte as the sign bits are."""
     per = 4096
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
-        h = np.empty(per, np.uint64)
+        below = np.empty(per, np.uint8)
         m = marks[lo // 8:(hi + 7) // 8]
         for s in range(lo, hi, per):
             e = min(hi, s + per)
             for i in range(e - s):
-                h[i] = _hash(key, s + i)
-            for i in range(e - s, (e - s + 7) // 8 * 8):
-                h[i] = cut                                       # padding: never below the cut
-            for j in range((e - s + 7) // 8):
-                byte = np.int64(h[8 * j] < cut)
-                for b in range(1, 8):
-                    byte = (byte << 1) | np.int64(h[8 * j + b] < cut)
-                m[(s - lo) // 8 + j] = byte
+                below[i] = np.uint8(_hash(key, s + i) < cut)
+            _pack_bits(below[:e - s], np.uint8(0), m[(s - lo) // 8:(e - lo + 7) // 8])
         total = 0
         for j in range(m.size):
             total += _POPCOUNT[m[j]]

@@ -103,9 +103,13 @@ class PowerSGD(Compressor):
         n = grad.size
         m, k = matrix_shape(n)
         r = effective_rank((m, k), self.rank_r)
-        mat = xp.zeros(m * k, grad.dtype)
-        mat[:n] = grad
-        mat = mat.reshape(m, k)
+        if m * k == n:                                       # the matrix is the gradient itself (read only)
+            mat = grad.reshape(m, k)
+        else:                                                # zero-padded to m * k
+            mat = xp.empty(m * k, grad.dtype)
+            mat[:n] = grad
+            mat[n:] = 0
+            mat = mat.reshape(m, k)
         q = self.q.get(n)
         if q is None:
             q = init_q(k, r, self.seed, grad.dtype, xp)
@@ -114,9 +118,19 @@ class PowerSGD(Compressor):
         self.q[n] = q
         return (p, q), Context(n, grad.dtype, extra=(m, k))
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
+        """out: an optional (n,) buffer of ctx.dtype; where m k = n, P Q^T is written into it directly."""
         p, q = payload
-        return approximate(p, q).reshape(-1)[: ctx.n].astype(ctx.dtype, copy=False)
+        xp = X.array_module(p)
+        m, k = matrix_shape(ctx.n)
+        if out is not None and m * k == ctx.n and out.dtype == p.dtype == ctx.dtype and out.flags.c_contiguous:
+            xp.matmul(p, q.T, out=out.reshape(m, k))
+            return out
+        approx = approximate(p, q).reshape(-1)[: ctx.n].astype(ctx.dtype, copy=False)
+        if out is None:
+            return approx
+        out[...] = approx
+        return out
 
     def payload_bytes(self, n, itemsize=4):
         return powersgd_bytes(matrix_shape(n), self.rank_r, itemsize)

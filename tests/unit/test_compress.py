@@ -420,6 +420,29 @@ def test_powersgd_math():
     assert np.array_equal(c2.compress(g)[0][0], c.compress(g)[0][0])
 
 
+@pytest.mark.parametrize("n", [1, 12, 16, 17, 1000, 1024])
+def test_powersgd_matrix_is_the_zero_padded_gradient(n):
+    """The flat gradient as its (m, k) matrix: the gradient itself where m k = n (12, 16, 1024), zero-padded
+    otherwise; the payload equals the steps on an explicitly zero-padded copy, and the gradient is unchanged."""
+    from hpclm.compress.powersgd import init_q, matrix_shape
+    g = grad(n)
+    before = g.copy()
+    (p, q), _ = build(cfg("powersgd", powersgd_rank=2)).compress(g)
+    m, k = matrix_shape(n)
+    padded = np.zeros(m * k, g.dtype)
+    padded[:n] = g
+    padded = padded.reshape(m, k)
+    p_ref = orthogonalize(compute_p(padded, init_q(k, min(2, m, k), 0, g.dtype)))
+    assert np.array_equal(p, p_ref) and np.array_equal(q, compute_q(padded, p_ref))
+    assert np.array_equal(g, before)
+    c = build(cfg("powersgd", powersgd_rank=2))
+    payload, ctx = c.compress(g)
+    out = np.full(n, np.nan, np.float32)
+    assert c.decompress(payload, ctx, out=out) is out
+    assert np.array_equal(out, c.decompress(payload, ctx))
+    assert np.array_equal(out, approximate(p, q).reshape(-1)[:n])
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_error_feedback_conserves_signal(name):
     n = 3001

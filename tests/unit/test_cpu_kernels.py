@@ -215,11 +215,32 @@ def test_hashed_sample_twin(n, m):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_decode_codes_twin(bits, dtype):
-    """Whole codes per byte (bits 1, 2, 4, 8) decode by a byte table, the rest by 64-bit words:
-    both equal table[unpack_codes(...)] on every size around the byte and chunk edges."""
+    """Whole codes per byte (bits 1, 2, 4, 8) decode by a byte table, 6-bit float32 codes by a table
+    of code pairs (three bytes at a time), the rest by 64-bit words: each equals
+    table[unpack_codes(...)] on every size around the byte, unit and chunk edges."""
     from hpclm.compress import cpu
     from hpclm.compress.bits import unpack_codes
     table = (np.arange(1 << bits) * 1.5 - 3).astype(dtype)
     for n in (1, 2, 3, 7, 8, 9, 65535, 3 * 65536 + 5):
         packed = np.random.default_rng(n).integers(0, 256, (n * bits + 7) // 8).astype(np.uint8)
         assert same_bits(cpu.decode_codes(packed, n, bits, table), table[unpack_codes(packed, n, bits)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_codes_at_special_values(dtype):
+    """The compiled assignment (the sign of m - g for finite midpoints, comparisons otherwise) equals
+    searchsorted's twin at NaN, +-inf, +-0, subnormals and values equal to a midpoint, and with
+    infinite or NaN midpoints (centroids of a gradient that holds them)."""
+    from hpclm.compress import cpu
+    from hpclm.compress.bits import pack_codes
+    from hpclm.compress.kmeans import nearest_codes
+    finite = np.sort(np.random.default_rng(2).standard_normal(15)).astype(np.float32)
+    finite[3] = 0.0
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-45, -1e-45]
+    for mid in (finite, np.append(finite[:14], np.inf).astype(np.float32),
+                np.concatenate([[-np.inf], finite[1:14], [np.nan]]).astype(np.float32)):
+        g = np.random.default_rng(3).standard_normal(9001).astype(dtype)
+        g[:9 * 40] = np.tile(special, 40)
+        g[400:415] = mid                                                  # ties with every midpoint
+        got = cpu.encode_codes(g, cpu.KMEANS, 4, midpoints=mid)
+        assert same_bits(got, pack_codes(nearest_codes(g, mid), 4)), mid
