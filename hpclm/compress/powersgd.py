@@ -72,19 +72,19 @@ def orthogonalize(p, method="qr", eps=1e-8):
     return p
 
 
-def compute_p(m, q):
-    """P = M Q: (m, k) @ (k, r) -> (m, r)."""
-    return m @ q
+def compute_p(m, q, out=None):
+    """P = M Q: (n, k) @ (k, r) -> (n, r), into out if given."""
+    return X.array_module(m).matmul(m, q, out=out)
 
 
-def compute_q(m, p):
-    """Q = M^T P: (k, m) @ (m, r) -> (k, r)."""
-    return m.T @ p
+def compute_q(m, p, out=None):
+    """Q = M^T P: (k, n) @ (n, r) -> (k, r), into out if given."""
+    return X.array_module(m).matmul(m.T, p, out=out)
 
 
-def approximate(p, q):
-    """P Q^T: the rank-r reconstruction (m, k)."""
-    return p @ q.T
+def approximate(p, q, out=None):
+    """P Q^T: the rank-r reconstruction (n, k), into out if given."""
+    return X.array_module(p).matmul(p, q.T, out=out)
 
 
 class PowerSGD(Compressor):
@@ -121,10 +121,9 @@ class PowerSGD(Compressor):
     def decompress(self, payload, ctx, out=None):
         """out: an optional (n,) buffer of ctx.dtype; where m k = n, P Q^T is written into it directly."""
         p, q = payload
-        xp = X.array_module(p)
         m, k = matrix_shape(ctx.n)
         if out is not None and m * k == ctx.n and out.dtype == p.dtype == ctx.dtype and out.flags.c_contiguous:
-            xp.matmul(p, q.T, out=out.reshape(m, k))
+            approximate(p, q, out=out.reshape(m, k))
             return out
         approx = approximate(p, q).reshape(-1)[: ctx.n].astype(ctx.dtype, copy=False)
         if out is None:

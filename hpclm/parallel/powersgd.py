@@ -25,7 +25,7 @@ import numpy
 
 from hpclm import comm as collectives
 from hpclm import xp as X
-from hpclm.compress.powersgd import orthogonalize
+from hpclm.compress.powersgd import approximate, compute_p, compute_q, orthogonalize
 from hpclm.parallel.exchange import timed
 from hpclm.parallel.sync import GradSync
 
@@ -81,7 +81,6 @@ class PowerSGDReducer:
         """grad_flat <- the PowerSGD average over `comm` (None: one rank, compression still applies).
         Regions: compress (P = MQ, orthogonalisation, Q = M^T P), comm (the all-reduces),
         decompress (G = P Q^T and the error update)."""
-        xp = X.array_module(grad_flat)
         world = 1 if comm is None else comm.Get_size()
         allreduce = (lambda buf: collectives.allreduce(comm, buf, op="average", algorithm=algorithm)) if world > 1 \
             else (lambda buf: buf)
@@ -97,7 +96,7 @@ class PowerSGDReducer:
                 else:
                     m = g.copy()
                 ms.append(m)
-                xp.matmul(m, q, out=p)
+                compute_p(m, q, out=p)
             at = 0
             for s in self.rest:
                 self.rest_buf[at:at + s.size] = grad_flat[s.offset:s.offset + s.size]
@@ -110,7 +109,7 @@ class PowerSGDReducer:
             for i, m in enumerate(ms):
                 _, p, q, _ = self._views(i)
                 p[...] = orthogonalize(p)
-                xp.matmul(m.T, p, out=q)
+                compute_q(m, p, out=q)
 
         timed(timer, "compress", compress_q)
         timed(timer, "comm", lambda: allreduce(self.q_buf))
@@ -118,10 +117,9 @@ class PowerSGDReducer:
         def decompress():
             for i, m in enumerate(ms):
                 s, p, q, e = self._views(i)
-                approx = p @ q.T
+                approx = approximate(p, q, out=grad_flat[s.offset:s.offset + s.size].reshape(s.shape))
                 if e is not None:
                     e -= approx
-                grad_flat[s.offset:s.offset + s.size] = approx.reshape(-1)
             at = 0
             for s in self.rest:
                 grad_flat[s.offset:s.offset + s.size] = self.rest_buf[at:at + s.size]
