@@ -1,9 +1,11 @@
-"""The before/after table of README.md from ab-{before,after}-{1,2,3}.json (rounds interleaved)."""
+"""The before/after table of README.md from ab-{before,after}-{1,2,3}.json (rounds interleaved), in
+this folder or in the folder given (`python ab_table.py ../avx512`)."""
 import json
 import statistics
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 
 
 def rows(kind, i):
