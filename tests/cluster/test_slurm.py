@@ -155,15 +155,19 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_state(slurm,
                        SETS=sets(tmp_path, steps, *FAST))
     assert proc.returncode == 0, proc.stderr
     log_path = REPO / f"hpclm-dp-shakespeare-{job}.out"
+    failure = None
     try:
         wait_for(lambda: log_path.is_file() and re.search(r"step \d\d/", log_path.read_text()), 120, "training")
         urgent, proc = sbatch("--partition=urgent", "--ntasks=8", "--output=/dev/null", "--wrap", "sleep 1", wait=False)
         assert proc.returncode == 0, proc.stderr
         ref_proc = train_reference(tmp_path, ref, steps)
         restarts = wait_done(job, 300, urgent)
+    except AssertionError as exc:                      # the job's log goes into the failure message
+        failure = str(exc)
     finally:
         cancel(job)
         log = take_log(log_path.name) if log_path.exists() else ""
+    assert failure is None, f"{failure}\n{log[-3000:]}"
     assert restarts == 1, log[-3000:]
     assert "signal received: checkpointing" in log and "the run stopped early (signalled: 0)" in log, log[-3000:]
     stopped = int(re.search(r"checkpointing at step (\d+)", log).group(1))
