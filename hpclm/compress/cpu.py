@@ -314,6 +314,13 @@ def _codes(g, offset, kind, f, s, key, midpoints, out):
                 out[i] -= np.uint8(g[i] <= m)
 
 
+@njit(cache=True, inline="always")
+def _six_bit_unit(codes, j):
+    """The three bytes of 6-bit codes 4j .. 4j + 3 (MSB first)."""
+    a, b, c, d = codes[4 * j], codes[4 * j + 1], codes[4 * j + 2], codes[4 * j + 3]
+    return np.uint8((a << 2) | (b >> 4)), np.uint8(((b & 15) << 4) | (c >> 2)), np.uint8(((c & 3) << 6) | d)
+
+
 @njit(cache=True)
 def _pack(codes, bits, out):
     """codes (8 * groups,) at `bits` bits each, eight per 8*bits-bit group, into out (MSB first);
@@ -329,15 +336,11 @@ def _pack(codes, bits, out):
     if bits == 6:                                               # four codes in three bytes
         whole = min(codes.size // 4, out.size // 3)
         for j in range(whole):
-            a, b, c, d = codes[4 * j], codes[4 * j + 1], codes[4 * j + 2], codes[4 * j + 3]
-            out[3 * j] = (a << 2) | (b >> 4)
-            out[3 * j + 1] = ((b & 15) << 4) | (c >> 2)
-            out[3 * j + 2] = ((c & 3) << 6) | d
-        if 3 * whole < out.size:                                # the first bytes of a last, partial group
-            a, b, c = codes[4 * whole], codes[4 * whole + 1], codes[4 * whole + 2]
-            out[3 * whole] = (a << 2) | (b >> 4)
-            if 3 * whole + 1 < out.size:
-                out[3 * whole + 1] = ((b & 15) << 4) | (c >> 2)
+            out[3 * j], out[3 * j + 1], out[3 * j + 2] = _six_bit_unit(codes, j)
+        if 3 * whole < out.size:                                # the first bytes of a last, partial unit
+            last = _six_bit_unit(codes, whole)
+            for t in range(out.size - 3 * whole):
+                out[3 * whole + t] = last[t]
         return
     for j in range(codes.size // 8):
         word = np.uint64(0)

@@ -5,11 +5,11 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
+FOLDER = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 
 
 def rows(kind, i):
-    return {r["compressor"]: r for r in json.loads((HERE / f"ab-{kind}-{i}.json").read_text())["rows"]}
+    return {r["compressor"]: r for r in json.loads((FOLDER / f"ab-{kind}-{i}.json").read_text())["rows"]}
 
 
 before, after = ([rows(kind, i) for i in (1, 2, 3)] for kind in ("before", "after"))
