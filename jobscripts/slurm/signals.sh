@@ -8,6 +8,10 @@
 # GraceTime) Slurm 22.05 sends SIGTERM to the tasks themselves instead. Either way hpclm train
 # checkpoints at the next step and exits 0, the checkpoint is short of max_steps, this job requeues
 # itself, and the requeued job (same id, SLURM_RESTART_COUNT > 0) resumes from DIR/ckpt.h5.
+# SIGPIPE ignored (inherited by srun and scontrol): a Slurm or munge peer that closes its socket early
+# then gives the client EPIPE, which it retries, instead of killing it (a test's sbatch died of SIGPIPE
+# once in CI, under load).
+trap '' PIPE
 HPCLM_SIGNALLED=0
 _hpclm_forward() { HPCLM_SIGNALLED=1; echo "[slurm] $1 received: forwarding to the job step"; kill -s "$1" "$HPCLM_STEP_PID" 2>/dev/null || true; }
 trap '_hpclm_forward USR1' USR1
