@@ -272,7 +272,8 @@ def _count_below(g, midpoints, out):
     """out[i] = #{m in midpoints: m < g[i]} (k - 1 for a NaN) for finite midpoints: the sign bit of
     m - g[i] (exact: the difference of two floats is 0 only when they are equal, and its sign never
     rounds away; an infinite g gives an infinite difference of the right sign), summed over the
-    midpoints block by block without compare masks."""
+    midpoints block by block without compare masks. A zero difference has sign 0 except for
+    (-0) - (+0) = -0, so each midpoint is taken as m + 0 (-0 becomes +0, which compares the same)."""
     count = np.empty(min(g.size, _BELOW_BLOCK), np.uint32)
     k1 = np.uint32(midpoints.size)
     for lo in range(0, g.size, _BELOW_BLOCK):
@@ -280,8 +281,9 @@ def _count_below(g, midpoints, out):
         c = count[:gb.size]
         c[:] = 0
         for m in midpoints:
+            m_pos = m + np.float32(0.0)
             for i in range(gb.size):
-                c[i] += _float_bits(np.float32(m - gb[i])) >> np.uint32(31)
+                c[i] += _float_bits(np.float32(m_pos - gb[i])) >> np.uint32(31)
         for i in range(gb.size):
             ob[i] = np.uint8(c[i] if gb[i] == gb[i] else k1)
 

@@ -230,14 +230,16 @@ def test_decode_codes_twin(bits, dtype):
 def test_kmeans_codes_at_special_values(dtype):
     """The compiled assignment (the sign of m - g for finite midpoints, comparisons otherwise) equals
     searchsorted's twin at NaN, +-inf, +-0, subnormals and values equal to a midpoint, and with
-    infinite or NaN midpoints (centroids of a gradient that holds them)."""
+    a midpoint of -0.0, and with infinite or NaN midpoints (centroids of a gradient that holds them)."""
     from hpclm.compress import cpu
     from hpclm.compress.bits import pack_codes
     from hpclm.compress.kmeans import nearest_codes
     finite = np.sort(np.random.default_rng(2).standard_normal(15)).astype(np.float32)
     finite[3] = 0.0
+    negative_zero = finite.copy()
+    negative_zero[3] = -0.0                                               # (-0) - (+0) = -0: not below
     special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-45, -1e-45]
-    for mid in (finite, np.append(finite[:14], np.inf).astype(np.float32),
+    for mid in (finite, negative_zero, np.append(finite[:14], np.inf).astype(np.float32),
                 np.concatenate([[-np.inf], finite[1:14], [np.nan]]).astype(np.float32)):
         g = np.random.default_rng(3).standard_normal(9001).astype(dtype)
         g[:9 * 40] = np.tile(special, 40)
