@@ -56,22 +56,29 @@ def slurm_command(cmd, **kwargs):
     return subprocess.run(cmd, capture_output=True, text=True, restore_signals=False, **kwargs)
 
 
+def job_with_comment(token):
+    """Id of the job (any state) submitted with --comment=token, or None."""
+    for line in slurm_command(["squeue", "-h", "-t", "all", "-o", "%i %k"]).stdout.splitlines():
+        job, _, comment = line.partition(" ")
+        if comment == token:
+            return job
+    return None
+
+
 def sbatch(*args, wait=True, **knobs):
     """Submit; returns (job id, CompletedProcess). A submission without --wait that failed is tried
-    again, up to three times, unless its job (found by a unique --comment) was made after all."""
+    again, up to three times in all, unless its job (found by a unique --comment) was made after all."""
     token = f"hpclm-test-{uuid.uuid4().hex}"
     cmd = ["sbatch", "--parsable", f"--comment={token}"] + (["--wait"] if wait else []) + list(args)
-    for attempt in range(1 if wait else 3):
+    for _ in range(1 if wait else 3):
         proc = slurm_command(cmd, cwd=REPO, env=job_env(**knobs), timeout=600)
-        job = proc.stdout.strip().split(";")[0]
         if proc.returncode == 0 or wait:
-            return job, proc
+            return proc.stdout.strip().split(";")[0], proc
         time.sleep(2)
-        listed = slurm_command(["squeue", "-h", "-t", "all", "-o", "%i %k"]).stdout.split("\n")
-        made = [line.split()[0] for line in listed if line.endswith(" " + token)]
-        if made:
-            return made[0], subprocess.CompletedProcess(cmd, 0, made[0], proc.stderr)
-    return job, proc
+        job = job_with_comment(token)
+        if job:
+            return job, subprocess.CompletedProcess(cmd, 0, job, proc.stderr)
+    return "", proc
 
 
 def take_log(name):
