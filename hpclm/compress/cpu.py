@@ -800,3 +800,112 @@ def scatter_compact(payload, n, dtype, out=None):
     _zero(out)
     _scatter_compact(out, v16.view(np.uint16), np.float32(scale[0]), local, counts)
     return out
+
+
+# -- powersgd: the skinny products of a matrix with rank-r factors --------------------------------
+ROWS = 256                        # matrix rows per parallel task of the products
+_SUM_FLAGS = {"reassoc", "contract"}  # lets LLVM vectorise the dot products (sums in another order than BLAS)
+
+
+@njit(cache=True, inline="always", fastmath=_SUM_FLAGS)
+def _dot(a, b, zero):
+    s = zero
+    for j in range(a.size):
+        s += a[j] * b[j]
+    return s
+
+
+@njit(cache=True, parallel=True, fastmath=_SUM_FLAGS)
+def _project(m, qt, out, e, g, accumulate, zero):
+    """out (n, r) = M qt^T, M = m (n, k), qt (r, k); with accumulate, first m += g row by row (the
+    error feedback e += g: the row is still in cache for its products)."""
+    n = m.shape[0]
+    r = qt.shape[0]
+    for t in prange((n + ROWS - 1) // ROWS):
+        for i in range(t * ROWS, min(n, t * ROWS + ROWS)):
+            row = m[i]
+            if accumulate:
+                gi = g[i]
+                for j in range(row.size):
+                    row[j] += gi[j]
+            for c in range(r):
+                out[i, c] = _dot(row, qt[c], zero)
+
+
+@njit(cache=True, parallel=True)
+def _project_t(m, p, partial):
+    """partial[t] (r, k) = sum over the rows i of task t of p[i, c] * m[i, :]: M^T P by row blocks."""
+    n = m.shape[0]
+    r = p.shape[1]
+    for t in prange(partial.shape[0]):
+        acc = partial[t]
+        acc[:] = 0
+        for i in range(t * ROWS, min(n, t * ROWS + ROWS)):
+            row = m[i]
+            for c in range(r):
+                pc = p[i, c]
+                a = acc[c]
+                for j in range(row.size):
+                    a[j] += pc * row[j]
+
+
+@njit(cache=True)
+def _sum_tasks(partial, out_t):
+    """out_t (r, k) = sum over tasks of partial (tasks, r, k), in task order."""
+    out_t[:] = 0
+    for t in range(partial.shape[0]):
+        out_t += partial[t]
+
+
+@njit(cache=True, parallel=True)
+def _reconstruct(p, qt, out, e, subtract):
+    """out (n, k) = p (n, r) @ qt (r, k); with subtract, e (n, k) -= out row by row."""
+    n, k = out.shape
+    r = p.shape[1]
+    for t in prange((n + ROWS - 1) // ROWS):
+        for i in range(t * ROWS, min(n, t * ROWS + ROWS)):
+            o = out[i]
+            if r == 0:
+                o[:] = 0
+            for c in range(r):
+                pc = p[i, c]
+                q = qt[c]
+                if c == 0:
+                    for j in range(k):
+                        o[j] = pc * q[j]
+                else:
+                    for j in range(k):
+                        o[j] += pc * q[j]
+            if subtract:
+                ei = e[i]
+                for j in range(k):
+                    ei[j] -= o[j]
+
+
+def project(m, q, out, accumulate_from=None):
+    """out (n, r) = m (n, k) @ q (k, r); with accumulate_from = g, m += g first (twin:
+    powersgd.compute_p / accumulate_p). Sums in another order than BLAS: float round-off apart."""
+    _threads()
+    g = m if accumulate_from is None else accumulate_from
+    _project(m, np.ascontiguousarray(q.T), out, m, g, accumulate_from is not None, m.dtype.type(0))
+    return out
+
+
+def project_t(m, p, out):
+    """out (k, r) = m (n, k)^T @ p (n, r), by blocks of ROWS rows summed in block order (twin:
+    powersgd.compute_q)."""
+    _threads()
+    partial = np.empty((-(-m.shape[0] // ROWS), p.shape[1], m.shape[1]), m.dtype)
+    _project_t(m, np.ascontiguousarray(p), partial)
+    out_t = np.empty((p.shape[1], m.shape[1]), m.dtype)
+    _sum_tasks(partial, out_t)
+    out[...] = out_t.T
+    return out
+
+
+def reconstruct(p, q, out, subtract_from=None):
+    """out (n, k) = p (n, r) @ q (k, r)^T; then subtract_from -= out (twin: powersgd.approximate)."""
+    _threads()
+    e = out if subtract_from is None else subtract_from
+    _reconstruct(np.ascontiguousarray(p), np.ascontiguousarray(q.T), out, e, subtract_from is not None)
+    return out

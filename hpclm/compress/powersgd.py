@@ -21,6 +21,7 @@ import numpy
 from hpclm import xp as X
 from hpclm.compress import rng
 from hpclm.compress.base import AGGREGATE_LOW_RANK, Compressor, Context
+from hpclm.compress.bits import compiled
 
 
 def effective_rank(shape, rank):
@@ -74,17 +75,43 @@ def orthogonalize(p, method="qr", eps=1e-8):
 
 def compute_p(m, q, out=None):
     """P = M Q: (n, k) @ (k, r) -> (n, r), into out if given."""
+    if compiled(m):
+        from hpclm.compress import cpu
+        return cpu.project(m, q, _out(out, (m.shape[0], q.shape[1]), m.dtype))
     return X.array_module(m).matmul(m, q, out=out)
+
+
+def accumulate_p(e, g, q, out=None):
+    """e += g (error feedback), then P = e Q: (n, k) @ (k, r) -> (n, r); one pass on the CPU kernels."""
+    if compiled(e):
+        from hpclm.compress import cpu
+        return cpu.project(e, q, _out(out, (e.shape[0], q.shape[1]), e.dtype), accumulate_from=g)
+    e += g
+    return compute_p(e, q, out)
 
 
 def compute_q(m, p, out=None):
     """Q = M^T P: (k, n) @ (n, r) -> (k, r), into out if given."""
+    if compiled(m):
+        from hpclm.compress import cpu
+        return cpu.project_t(m, p, _out(out, (m.shape[1], p.shape[1]), m.dtype))
     return X.array_module(m).matmul(m.T, p, out=out)
 
 
-def approximate(p, q, out=None):
-    """P Q^T: the rank-r reconstruction (n, k), into out if given."""
-    return X.array_module(p).matmul(p, q.T, out=out)
+def approximate(p, q, out=None, subtract_from=None):
+    """P Q^T: the rank-r reconstruction (n, k), into out if given; then subtract_from -= it (the
+    error update e = M - P Q^T; one pass on the CPU kernels)."""
+    if compiled(p):
+        from hpclm.compress import cpu
+        return cpu.reconstruct(p, q, _out(out, (p.shape[0], q.shape[0]), p.dtype), subtract_from)
+    out = X.array_module(p).matmul(p, q.T, out=out)
+    if subtract_from is not None:
+        subtract_from -= out
+    return out
+
+
+def _out(out, shape, dtype):
+    return numpy.empty(shape, dtype) if out is None else out
 
 
 class PowerSGD(Compressor):

@@ -25,7 +25,7 @@ import numpy
 
 from hpclm import comm as collectives
 from hpclm import xp as X
-from hpclm.compress.powersgd import approximate, compute_p, compute_q, orthogonalize
+from hpclm.compress.powersgd import accumulate_p, approximate, compute_p, compute_q, orthogonalize
 from hpclm.parallel.exchange import timed
 from hpclm.parallel.sync import GradSync
 
@@ -90,13 +90,12 @@ class PowerSGDReducer:
             for i in range(len(self.mats)):
                 s, p, q, e = self._views(i)
                 g = grad_flat[s.offset:s.offset + s.size].reshape(s.shape)
-                if e is not None:
-                    e += g
-                    m = e
-                else:
-                    m = g.copy()
-                ms.append(m)
-                compute_p(m, q, out=p)
+                if e is not None:                      # M = E + G (E += G), P = M Q
+                    accumulate_p(e, g, q, out=p)
+                    ms.append(e)
+                else:                                  # M = G: read until decompress overwrites it
+                    compute_p(g, q, out=p)
+                    ms.append(g)
             at = 0
             for s in self.rest:
                 self.rest_buf[at:at + s.size] = grad_flat[s.offset:s.offset + s.size]
@@ -117,9 +116,7 @@ class PowerSGDReducer:
         def decompress():
             for i, m in enumerate(ms):
                 s, p, q, e = self._views(i)
-                approx = approximate(p, q, out=grad_flat[s.offset:s.offset + s.size].reshape(s.shape))
-                if e is not None:
-                    e -= approx
+                approximate(p, q, out=grad_flat[s.offset:s.offset + s.size].reshape(s.shape), subtract_from=e)
             at = 0
             for s in self.rest:
                 grad_flat[s.offset:s.offset + s.size] = self.rest_buf[at:at + s.size]

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernelutil import both, restore_kernels  # noqa: E402,F401
 
 SIZES = [0, 1, 7, 8, 9, 255, 257, 4097, 65535, 65537, 300001]
-NAMES = [n for n in REGISTRY if n not in ("none", "powersgd")]   # powersgd is matrix products only
+NAMES = [n for n in REGISTRY if n not in ("none", "powersgd")]   # powersgd: its products are tested below
 
 
 def same_bits(a, b):
@@ -246,3 +246,89 @@ def test_kmeans_codes_at_special_values(dtype):
         g[400:415] = mid                                                  # ties with every midpoint
         got = cpu.encode_codes(g, cpu.KMEANS, 4, midpoints=mid)
         assert same_bits(got, pack_codes(nearest_codes(g, mid), 4)), mid
+
+
+# -- powersgd's products: sums in another order than BLAS, held to the summation error bound ------
+PRODUCT_SHAPES = [(0, 5), (5, 0), (1, 1), (7, 5), (255, 3), (257, 40), (513, 1000)]
+
+
+def within_sum_bound(got, want, magnitude, terms, dtype):
+    """|got - want| <= 2 terms eps (|A| |B|) elementwise: both sums are within gamma_terms of exact."""
+    eps = np.finfo(dtype).eps
+    return got.shape == want.shape and got.dtype == want.dtype and bool(
+        np.all(np.abs(got - want) <= 2 * max(terms, 1) * eps * magnitude + np.finfo(dtype).tiny))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", PRODUCT_SHAPES)
+@pytest.mark.parametrize("r", [1, 4])
+def test_powersgd_product_twins(dtype, shape, r, restore_kernels):
+    """compute_p, accumulate_p (e += g exactly, then e Q), compute_q and approximate (with and
+    without the error update) on the kernels against NumPy's matmul, on row counts around ROWS."""
+    from hpclm.compress.powersgd import accumulate_p, approximate, compute_p, compute_q
+    n, k = shape
+    rng = np.random.default_rng(n * 1000 + k + r)
+    m, g = rng.standard_normal((2, n, k)).astype(dtype)
+    q, p = rng.standard_normal((k, r)).astype(dtype), rng.standard_normal((n, r)).astype(dtype)
+
+    def run():
+        e = m.copy()
+        p_acc = accumulate_p(e, g, q)
+        e2 = m.copy()
+        approx = approximate(p, q, out=np.empty((n, k), dtype), subtract_from=e2)
+        return compute_p(m, q), p_acc, e, compute_q(m, p), approximate(p, q), approx, e2
+    (p0, a0, e0, q0, r0, x0, f0), (p1, a1, e1, q1, r1, x1, f1) = both(run)
+    assert within_sum_bound(p1, p0, np.abs(m) @ np.abs(q), k, dtype)
+    assert same_bits(e1, e0) and within_sum_bound(a1, a0, np.abs(m + g) @ np.abs(q), k, dtype)
+    assert within_sum_bound(q1, q0, np.abs(m).T @ np.abs(p), n, dtype)
+    assert within_sum_bound(r1, r0, np.abs(p) @ np.abs(q).T, r, dtype) and same_bits(x1, r1)
+    assert within_sum_bound(f1, f0, np.abs(m) + np.abs(p) @ np.abs(q).T, r + 1, dtype)
+
+
+def test_powersgd_products_special_values(restore_kernels):
+    """A NaN or inf in M reaches the same rows (P) and columns (Q) as in NumPy's products."""
+    from hpclm.compress.powersgd import compute_p, compute_q
+    m = np.random.default_rng(1).standard_normal((300, 50)).astype(np.float32)
+    m[3, 7], m[280, 9] = np.nan, np.inf
+    q = np.random.default_rng(2).standard_normal((50, 4)).astype(np.float32)
+    p = np.random.default_rng(3).standard_normal((300, 4)).astype(np.float32)
+    (p0, q0), (p1, q1) = both(lambda: (compute_p(m, q), compute_q(m, p)))
+    assert np.array_equal(np.isnan(p0), np.isnan(p1)) and np.array_equal(np.isinf(p0), np.isinf(p1))
+    assert np.array_equal(np.isnan(q0), np.isnan(q1)) and np.array_equal(np.isinf(q0), np.isinf(q1))
+    assert np.isnan(p1[3]).all() and np.isnan(q1[7]).all() and not np.isnan(p1[4]).any()
+
+
+def test_powersgd_products_do_not_depend_on_threads(restore_kernels):
+    """The products' summation order is fixed by the shape (blocks of ROWS rows), not by the
+    thread count: one thread and all threads give the same bits."""
+    import numba
+    from hpclm.compress.powersgd import approximate, compute_p, compute_q
+    kernels.use("numba")
+    rng = np.random.default_rng(4)
+    m, q, p = (rng.standard_normal(s).astype(np.float32) for s in ((1500, 700), (700, 4), (1500, 4)))
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for t in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(t)
+            outs.append((compute_p(m, q), compute_q(m, p), approximate(p, q)))
+    finally:
+        numba.set_num_threads(before)
+    assert all(same_bits(a, b) for a, b in zip(*outs))
+
+
+def test_powersgd_reducer_twins(restore_kernels):
+    """Three PowerSGDReducer steps (error feedback on) of a small model layout: the gradients and
+    error buffers on the kernels agree with NumPy's to float32 round-off."""
+    from hpclm.model.params import ParamLayout
+    from hpclm.parallel.powersgd import PowerSGDReducer
+    layout = ParamLayout([("w1", (300, 130)), ("b", (130,)), ("w2", (130, 520))])
+    grads = np.random.default_rng(5).standard_normal((3, layout.size)).astype(np.float32)
+
+    def run():
+        ps = PowerSGDReducer(layout, np.float32, rank=4, seed=1)
+        return [ps.step(None, g.copy()) for g in grads], ps.error.copy()
+    (g0, e0), (g1, e1) = both(run)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(e1, e0, rtol=1e-4, atol=1e-5)
