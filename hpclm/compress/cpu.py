@@ -3,9 +3,12 @@
 Imported only when hpclm.kernels.enabled(); every function here has a NumPy twin in the
 compressor's own module with the same semantics, and the tests hold them to it (bit-identical
 outputs, except ef_sign's mean |g|, a float64 sum in another order: the float32 scale agrees to
-1 ulp). Parallel kernels cut the array into CHUNK-element chunks (a multiple of 8 and of the
-int8 block) run by `prange`; Numba's thread count follows train.threads (hpclm.kernels.threads()).
-Float arithmetic is plain IEEE (no fastmath), so the compiled code rounds as NumPy does.
+1 ulp, and powersgd's matrix products, which sum in another order than BLAS: within the
+summation error bound). Parallel kernels cut the array into CHUNK-element chunks (a multiple of 8
+and of the int8 block) or ROWS-row blocks of a matrix, run by `prange`; Numba's thread count
+follows train.threads (hpclm.kernels.threads()); no result depends on it. Float arithmetic is
+plain IEEE (no fastmath), so the compiled code rounds as NumPy does, except in powersgd's dot
+products (reassociated so that they vectorise).
 
     packed bits / codes: element 0 is the MSB of byte 0 (np.packbits order), b-bit codes back to back
     rng: SplitMix64 of counter i + 1 of the stream key, top 24 bits * 2^-24 (hpclm.compress.rng)
