@@ -114,7 +114,7 @@ class PowerSGDReducer:
         timed(timer, "comm", lambda: allreduce(self.q_buf))
 
         def decompress():
-            for i, m in enumerate(ms):
+            for i in range(len(ms)):
                 s, p, q, e = self._views(i)
                 approximate(p, q, out=grad_flat[s.offset:s.offset + s.size].reshape(s.shape), subtract_from=e)
             at = 0

@@ -72,6 +72,21 @@ def test_powersgd_slots_and_state():
     assert np.array_equal(other.step(None, g.copy()), ps.step(None, g.copy()))
 
 
+def test_powersgd_without_error_feedback_uses_the_gradient_itself():
+    """error_feedback off: M is the gradient (no copy, read before the output overwrites it), so
+    the step's output is P Q^T of the incoming gradient with P = orth(G Q0) and Q = G^T P."""
+    from hpclm.compress.powersgd import orthogonalize
+    layout = ParamLayout([("w", (8, 8)), ("b", (8,))])
+    ps = PowerSGDReducer(layout, np.float64, rank=2, seed=1, error_feedback=False)
+    q0 = ps.q_buf.reshape(8, 2).copy()
+    g = np.random.default_rng(3).standard_normal(layout.size)
+    w = g[:64].reshape(8, 8).copy()
+    out = ps.step(None, g.copy())
+    p = orthogonalize(w @ q0)
+    assert ps.error is None and np.allclose(out[:64].reshape(8, 8), p @ (w.T @ p).T, rtol=1e-12, atol=1e-12)
+    assert np.array_equal(out[64:], g[64:])
+
+
 def test_flatten_state_round_trip():
     state = {"residual": np.ones(3), "compressor": {"q": np.zeros(2), "inner": {"x": np.arange(2)}}}
     flat = ST.flatten_state("compress.bucket0", state, {})

@@ -317,17 +317,18 @@ def test_powersgd_products_do_not_depend_on_threads(restore_kernels):
     assert all(same_bits(a, b) for a, b in zip(*outs))
 
 
-def test_powersgd_reducer_twins(restore_kernels):
-    """Three PowerSGDReducer steps (error feedback on) of a small model layout: the gradients and
-    error buffers on the kernels agree with NumPy's to float32 round-off."""
+@pytest.mark.parametrize("error_feedback", [True, False])
+def test_powersgd_reducer_twins(error_feedback, restore_kernels):
+    """Three PowerSGDReducer steps of a small model layout: the gradients (and error buffers) on the
+    kernels agree with NumPy's to float32 round-off."""
     from hpclm.model.params import ParamLayout
     from hpclm.parallel.powersgd import PowerSGDReducer
     layout = ParamLayout([("w1", (300, 130)), ("b", (130,)), ("w2", (130, 520))])
     grads = np.random.default_rng(5).standard_normal((3, layout.size)).astype(np.float32)
 
     def run():
-        ps = PowerSGDReducer(layout, np.float32, rank=4, seed=1)
-        return [ps.step(None, g.copy()) for g in grads], ps.error.copy()
+        ps = PowerSGDReducer(layout, np.float32, rank=4, seed=1, error_feedback=error_feedback)
+        return [ps.step(None, g.copy()) for g in grads], ps.error.copy() if error_feedback else np.zeros(1)
     (g0, e0), (g1, e1) = both(run)
     for a, b in zip(g0, g1):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
