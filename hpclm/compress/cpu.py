@@ -819,7 +819,7 @@ def _dot(a, b, zero):
 
 
 @njit(cache=True, parallel=True, fastmath=_SUM_FLAGS)
-def _project(m, qt, out, e, g, accumulate, zero):
+def _project(m, qt, out, g, accumulate, zero):
     """out (n, r) = M qt^T, M = m (n, k), qt (r, k); with accumulate, first m += g row by row (the
     error feedback e += g: the row is still in cache for its products)."""
     n = m.shape[0]
@@ -852,14 +852,6 @@ def _project_t(m, p, partial):
                     a[j] += pc * row[j]
 
 
-@njit(cache=True)
-def _sum_tasks(partial, out_t):
-    """out_t (r, k) = sum over tasks of partial (tasks, r, k), in task order."""
-    out_t[:] = 0
-    for t in range(partial.shape[0]):
-        out_t += partial[t]
-
-
 @njit(cache=True, parallel=True)
 def _reconstruct(p, qt, out, e, subtract):
     """out (n, k) = p (n, r) @ qt (r, k); with subtract, e (n, k) -= out row by row."""
@@ -868,17 +860,12 @@ def _reconstruct(p, qt, out, e, subtract):
     for t in prange((n + ROWS - 1) // ROWS):
         for i in range(t * ROWS, min(n, t * ROWS + ROWS)):
             o = out[i]
-            if r == 0:
-                o[:] = 0
+            o[:] = 0
             for c in range(r):
                 pc = p[i, c]
                 q = qt[c]
-                if c == 0:
-                    for j in range(k):
-                        o[j] = pc * q[j]
-                else:
-                    for j in range(k):
-                        o[j] += pc * q[j]
+                for j in range(k):
+                    o[j] += pc * q[j]
             if subtract:
                 ei = e[i]
                 for j in range(k):
@@ -890,7 +877,7 @@ def project(m, q, out, accumulate_from=None):
     powersgd.compute_p / accumulate_p). Sums in another order than BLAS: float round-off apart."""
     _threads()
     g = m if accumulate_from is None else accumulate_from
-    _project(m, np.ascontiguousarray(q.T), out, m, g, accumulate_from is not None, m.dtype.type(0))
+    _project(m, np.ascontiguousarray(q.T), out, g, accumulate_from is not None, m.dtype.type(0))
     return out
 
 
@@ -900,9 +887,7 @@ def project_t(m, p, out):
     _threads()
     partial = np.empty((-(-m.shape[0] // ROWS), p.shape[1], m.shape[1]), m.dtype)
     _project_t(m, np.ascontiguousarray(p), partial)
-    out_t = np.empty((p.shape[1], m.shape[1]), m.dtype)
-    _sum_tasks(partial, out_t)
-    out[...] = out_t.T
+    out[...] = partial.sum(axis=0).T                # (tasks, r, k) -> (k, r), added in task order
     return out
 
 
