@@ -181,8 +181,9 @@ class CompressConfig:
         for name in ("levels", "block", "powersgd_rank"):
             if getattr(self, name) < 1:
                 raise UserError(f"compress.{name} must be >= 1, got {getattr(self, name)}")
-        if self.clusters < 2 or self.clusters & (self.clusters - 1):
-            raise UserError(f"compress.clusters must be a power of two >= 2, got {self.clusters}")
+        if self.clusters < 2 or self.clusters > 256 or self.clusters & (self.clusters - 1):
+            raise UserError(f"compress.clusters must be a power of two in [2, 256] (codes are bytes), "
+                            f"got {self.clusters}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ _S30, _S27, _S31, _S40 = _U64(30), _U64(27), _U64(31), _U64(40)
 _TWO_M24 = np.float32(2.0 ** -24)
 _MASK32 = _U64(0xFFFFFFFF)
 
-QSGD, TERNGRAD, KMEANS = 0, 1, 2  # kinds of encode_codes
+QSGD, TERNGRAD = 0, 1            # kinds of encode_codes
 
 
 def _threads():
@@ -50,18 +50,30 @@ def _tasks(n):
 
 # -- rng -----------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _hash(key, i):
-    """rng.hash64's element i of stream `key`: SplitMix64 of counter i + 1."""
-    z = _U64(i + 1) * _GOLDEN + key
+def _state(key, i):
+    """SplitMix64's state for counter i of stream `key`; counter i + 1's is this + _GOLDEN (loops
+    over consecutive counters add it instead of multiplying: a 64-bit multiply is three on AVX2)."""
+    return _U64(i + 1) * _GOLDEN + key
+
+
+@njit(cache=True, inline="always")
+def _mix(z):
+    """SplitMix64's output for state z."""
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
 
 
 @njit(cache=True, inline="always")
-def _uniform(key, i):
-    """float32 in [0, 1) of counter i of stream `key` (rng.uniform's element i)."""
-    return np.float32(_hash(key, i) >> _S40) * _TWO_M24
+def _hash(key, i):
+    """rng.hash64's element i of stream `key`."""
+    return _mix(_state(key, i))
+
+
+@njit(cache=True, inline="always")
+def _unit(h):
+    """float32 in [0, 1) of a hash (rng.uniform's arithmetic)."""
+    return np.float32(h >> _S40) * _TWO_M24
 
 
 # -- signs ---------------------------------------------------------------------------------------
@@ -255,45 +267,38 @@ def int8_dequantize(q, scales, block, out):
 @njit(cache=True)
 def _uniforms(key, offset, out):
     """out[i] = uniform of counter offset + i (a loop of its own: the 64-bit hash vectorises)."""
+    z = _state(key, offset)
     for i in range(out.size):
-        out[i] = _uniform(key, offset + i)
+        out[i] = _unit(_mix(z))
+        z += _GOLDEN
 
 
-@intrinsic
-def _float_bits(typingctx, x):
-    """The bit pattern of a float32 as uint32 (an LLVM bitcast: it vectorises, unlike .view)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.uint32(types.float32), codegen
-
-
-_BELOW_BLOCK = 4096                                            # elements: the block and its counts stay in L1
+_NEAREST_BLOCK = 4096                                          # elements: the block and its counts stay in L1
 
 
 @njit(cache=True)
-def _count_below(g, midpoints, out):
-    """out[i] = #{m in midpoints: m < g[i]} (k - 1 for a NaN) for finite midpoints: the sign bit of
-    m - g[i] (exact: the difference of two floats is 0 only when they are equal, and its sign never
-    rounds away; an infinite g gives an infinite difference of the right sign), summed over the
-    midpoints block by block without compare masks. A zero difference has sign 0 except for
-    (-0) - (+0) = -0, so each midpoint is taken as m + 0 (-0 becomes +0, which compares the same)."""
-    count = np.empty(min(g.size, _BELOW_BLOCK), np.uint32)
-    k1 = np.uint32(midpoints.size)
-    for lo in range(0, g.size, _BELOW_BLOCK):
-        gb, ob = g[lo:lo + _BELOW_BLOCK], out[lo:lo + _BELOW_BLOCK]
-        c = count[:gb.size]
-        c[:] = 0
-        for m in midpoints:
-            m_pos = m + np.float32(0.0)
-            for i in range(gb.size):
-                c[i] += _float_bits(np.float32(m_pos - gb[i])) >> np.uint32(31)
+def _nearest(g, midpoints, out):
+    """out[i] = (k - 1) - #{m in midpoints: g[i] <= m}, kmeans.nearest_codes' arithmetic (a NaN on
+    either side compares false). midpoints is a tuple up to k = 64: its length is part of the type,
+    so the loop over it unrolls inside the loop over g, which vectorises with the counts in 32-bit
+    lanes (of a uint32 block: counted straight into uint8, each comparison would be narrowed on
+    its own). Larger k come as an array (parallel regions take tuples of at most 100)."""
+    count = np.empty(min(g.size, _NEAREST_BLOCK), np.uint32)
+    k1 = np.uint32(len(midpoints))
+    for lo in range(0, g.size, _NEAREST_BLOCK):
+        gb, ob = g[lo:lo + _NEAREST_BLOCK], out[lo:lo + _NEAREST_BLOCK]
         for i in range(gb.size):
-            ob[i] = np.uint8(c[i] if gb[i] == gb[i] else k1)
+            x, at_or_above = gb[i], np.uint32(0)
+            for m in midpoints:
+                at_or_above += np.uint32(x <= m)
+            count[i] = k1 - at_or_above
+        for i in range(gb.size):
+            ob[i] = np.uint8(count[i])
 
 
 @njit(cache=True)
-def _codes(g, offset, kind, f, s, key, midpoints, out):
-    """out[i] = the code of g[i] (element offset + i of the gradient), one loop per kind."""
+def _codes(g, offset, kind, f, s, key, out):
+    """out[i] = the qsgd or terngrad code of g[i] (element offset + i of the gradient)."""
     if kind == 0:                                              # qsgd: sign(g) min(floor(|g| f + u), s) + s
         u = np.empty(g.size, np.float32)
         _uniforms(key, offset, u)
@@ -309,14 +314,6 @@ def _codes(g, offset, kind, f, s, key, midpoints, out):
             keep = np.int64(u[i] < np.float32(abs(g[i])) * f)
             neg = np.int64(math.copysign(1.0, g[i]) < 0)
             out[i] = np.uint8(1 + keep - 2 * (keep & neg))
-    elif np.isfinite(midpoints).all():                         # kmeans: #{midpoints < g}, NaN -> k - 1
-        _count_below(g, midpoints, out)
-    else:                                                      # kmeans: (k - 1) - #{midpoints >= g}
-        for i in range(g.size):
-            out[i] = midpoints.size
-        for m in midpoints:
-            for i in range(g.size):
-                out[i] -= np.uint8(g[i] <= m)
 
 
 @njit(cache=True, inline="always")
@@ -359,13 +356,25 @@ def _pack(codes, bits, out):
 
 
 @njit(cache=True, parallel=True)
-def _encode_codes(g, kind, f, s, key, midpoints, bits, out):
-    """Codes of g packed at `bits` bits (bits.pack_codes), chunk by chunk through a cached buffer."""
+def _encode_codes(g, kind, f, s, key, bits, out):
+    """qsgd / terngrad codes of g packed at `bits` bits (bits.pack_codes), chunk by chunk through a
+    cached buffer."""
     n = g.size
     for c in prange(_tasks(n)):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
         codes = np.zeros((hi - lo + 7) // 8 * 8, np.uint8)      # zero-padded to whole groups
-        _codes(g[lo:hi], lo, kind, f, s, key, midpoints, codes)
+        _codes(g[lo:hi], lo, kind, f, s, key, codes)
+        _pack(codes, bits, out[lo // 8 * bits:min(out.size, (hi + 7) // 8 * bits)])
+
+
+@njit(cache=True, parallel=True)
+def _encode_nearest(g, midpoints, bits, out):
+    """kmeans codes of g packed at `bits` bits, as _encode_codes."""
+    n = g.size
+    for c in prange(_tasks(n)):
+        lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
+        codes = np.zeros((hi - lo + 7) // 8 * 8, np.uint8)
+        _nearest(g[lo:hi], midpoints, codes)
         _pack(codes, bits, out[lo // 8 * bits:min(out.size, (hi + 7) // 8 * bits)])
 
 
@@ -423,16 +432,22 @@ def _decode_six(packed, units, pairs, out64):
             out64[2 * k + 1] = pairs[x & np.uint32(4095)]
 
 
-_NO_MIDPOINTS = np.zeros(0, np.float32)
-
-
-def encode_codes(g, kind, bits, f=0.0, s=0, key=0, midpoints=_NO_MIDPOINTS):
-    """(ceil(n*bits/8),) uint8: the compressor's codes, packed (twins: qsgd.qsgd_codes,
-    terngrad.terngrad_codes, kmeans.nearest_codes, each followed by bits.pack_codes)."""
+def encode_codes(g, kind, bits, f, s, key):
+    """(ceil(n*bits/8),) uint8: QSGD or TERNGRAD codes, packed (twins: qsgd.qsgd_codes,
+    terngrad.terngrad_codes, each followed by bits.pack_codes)."""
     _threads()
     out = np.empty((g.size * bits + 7) // 8, np.uint8)
-    _encode_codes(np.ascontiguousarray(g), kind, np.float32(f), int(s), np.uint64(key),
-                  np.ascontiguousarray(midpoints, dtype=np.float32), int(bits), out)
+    _encode_codes(np.ascontiguousarray(g), kind, np.float32(f), int(s), np.uint64(key), int(bits), out)
+    return out
+
+
+def encode_nearest(g, midpoints, bits):
+    """(ceil(n*bits/8),) uint8: the codes of the nearest centroids, packed (twin: kmeans.nearest_codes
+    then bits.pack_codes); midpoints (k - 1,) float32. A kernel is compiled (and cached) per k."""
+    _threads()
+    out = np.empty((g.size * bits + 7) // 8, np.uint8)
+    midpoints = np.ascontiguousarray(midpoints, np.float32)
+    _encode_nearest(np.ascontiguousarray(g), tuple(midpoints) if midpoints.size < 64 else midpoints, int(bits), out)
     return out
 
 
@@ -728,8 +743,10 @@ def _mark_hash_below(key, n, cut, marks, counts):
         m = marks[lo // 8:(hi + 7) // 8]
         for s in range(lo, hi, per):
             e = min(hi, s + per)
+            z = _state(key, s)
             for i in range(e - s):
-                below[i] = np.uint8(_hash(key, s + i) < cut)
+                below[i] = np.uint8(_mix(z) < cut)
+                z += _GOLDEN
             _pack_bits(below[:e - s], np.uint8(0), m[(s - lo) // 8:(e - lo + 7) // 8])
         total = 0
         for j in range(m.size):

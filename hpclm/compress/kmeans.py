@@ -76,7 +76,7 @@ class KMeans(Compressor):
         midpoints = (c[1:] + c[:-1]) * xp.float32(0.5)
         if compiled(grad):                                                   # codes and packing in one pass
             from hpclm.compress import cpu
-            return (cpu.encode_codes(grad, cpu.KMEANS, self.bits, midpoints=midpoints), c), Context(n, grad.dtype)
+            return (cpu.encode_nearest(grad, midpoints, self.bits), c), Context(n, grad.dtype)
         codes = nearest_codes(grad, midpoints)
         return (pack_codes(codes, self.bits), c), Context(n, grad.dtype)
 

@@ -271,6 +271,12 @@ def test_sparse_format_validated():
         cfg("topk", sparse_format="dense")
 
 
+@pytest.mark.parametrize("clusters", [1, 12, 512])
+def test_kmeans_clusters_validated(clusters):
+    with pytest.raises(UserError, match=f"power of two in \\[2, 256\\].*got {clusters}"):
+        cfg("kmeans", clusters=clusters)
+
+
 def test_randomk_shared_indices():
     n = 10000
     a = random_indices(n, 100, seed=3, step=7)

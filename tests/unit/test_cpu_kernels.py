@@ -228,9 +228,9 @@ def test_decode_codes_twin(bits, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kmeans_codes_at_special_values(dtype):
-    """The compiled assignment (the sign of m - g for finite midpoints, comparisons otherwise) equals
-    searchsorted's twin at NaN, +-inf, +-0, subnormals and values equal to a midpoint, and with
-    a midpoint of -0.0, and with infinite or NaN midpoints (centroids of a gradient that holds them)."""
+    """The compiled assignment equals searchsorted's twin at NaN, +-inf, +-0, subnormals and values
+    equal to a midpoint, and with a midpoint of -0.0, and with infinite or NaN midpoints (centroids
+    of a gradient that holds them)."""
     from hpclm.compress import cpu
     from hpclm.compress.bits import pack_codes
     from hpclm.compress.kmeans import nearest_codes
@@ -244,8 +244,25 @@ def test_kmeans_codes_at_special_values(dtype):
         g = np.random.default_rng(3).standard_normal(9001).astype(dtype)
         g[:9 * 40] = np.tile(special, 40)
         g[400:415] = mid                                                  # ties with every midpoint
-        got = cpu.encode_codes(g, cpu.KMEANS, 4, midpoints=mid)
+        got = cpu.encode_nearest(g, mid, 4)
         assert same_bits(got, pack_codes(nearest_codes(g, mid), 4)), mid
+
+
+@pytest.mark.parametrize("k", [2, 4, 8, 64, 128])
+def test_kmeans_codes_every_width(k):
+    """Each k (a kernel of its own: the midpoints are a tuple) on sizes around the 4096-element
+    block and the chunk, with repeated midpoints, bit for bit against the twin."""
+    from hpclm.compress import cpu
+    from hpclm.compress.bits import pack_codes
+    from hpclm.compress.kmeans import nearest_codes
+    mid = np.sort(np.random.default_rng(k).standard_normal(k - 1)).astype(np.float32)
+    if k > 2:
+        mid[k // 2:k // 2 + 2] = mid[k // 2]                              # a repeated midpoint
+    bits = k.bit_length() - 1
+    for n in (0, 1, 7, 4095, 4097, 65536 + 4096 + 3):
+        g = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        g[: min(n, k - 1)] = mid[: min(n, k - 1)]                         # ties
+        assert same_bits(cpu.encode_nearest(g, mid, bits), pack_codes(nearest_codes(g, mid), bits)), (k, n)
 
 
 # -- powersgd's products: sums in another order than BLAS, held to the summation error bound ------
