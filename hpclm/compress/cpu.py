@@ -691,6 +691,14 @@ def _take(g, idx, out):
             out[i] = g[idx[i]]
 
 
+def take(g, idx):
+    """g[idx] for ascending or random int indices, both threads gathering (twin: NumPy's g[idx])."""
+    _threads()
+    out = np.empty(idx.size, g.dtype)
+    _take(np.ascontiguousarray(g), np.ascontiguousarray(idx), out)
+    return out
+
+
 def select_abs(g, t, strict):
     """(indices int32 ascending, values) of the elements with |g| >= t (> t if strict); None if g
     holds a NaN or t is not a number >= 0 (NumPy's comparisons then decide: the caller's twin).
@@ -731,26 +739,36 @@ def sample_abs(g, key, m):
     return out
 
 
+_GOLDEN8 = _U64(8 * int(_GOLDEN) % (1 << 64))                  # the state step of eight counters
+
+
 @njit(cache=True, parallel=True)
 def _mark_hash_below(key, n, cut, marks, counts):
     """marks as _mark_at_least's, for hash(i) < cut over the counters i < n, and counts per chunk:
-    4096 counters at a time, their comparisons into a byte buffer that stays in L1 (that loop
-    vectorises, hash and compare), then packed eight to a byte as the sign bits are."""
-    per = 4096
+    each byte's eight hashes compared and shifted into it in registers (the loop over bytes
+    vectorises: eight states per lane, eight counters apart)."""
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
-        below = np.empty(per, np.uint8)
         m = marks[lo // 8:(hi + 7) // 8]
-        for s in range(lo, hi, per):
-            e = min(hi, s + per)
-            z = _state(key, s)
-            for i in range(e - s):
-                below[i] = np.uint8(_mix(z) < cut)
+        whole = (hi - lo) // 8
+        first = _state(key, lo)                                 # counter 8j's state, j = 0, 1, ...
+        total = np.uint32(0)
+        for j in range(whole):
+            z, byte = first, np.uint32(0)
+            for _ in range(8):
+                below = np.uint32(_mix(z) < cut)
+                byte = (byte << np.uint32(1)) | below
+                total += below
                 z += _GOLDEN
-            _pack_bits(below[:e - s], np.uint8(0), m[(s - lo) // 8:(e - lo + 7) // 8])
-        total = 0
-        for j in range(m.size):
-            total += _POPCOUNT[m[j]]
+            m[j] = np.uint8(byte)
+            first += _GOLDEN8
+        if 8 * whole < hi - lo:                                 # the last byte, zero-padded
+            byte = np.uint32(0)
+            for i in range(lo + 8 * whole, lo + 8 * whole + 8):
+                below = np.uint32(_hash(key, i) < cut) if i < hi else np.uint32(0)
+                byte = (byte << np.uint32(1)) | below
+                total += below
+            m[whole] = np.uint8(byte)
         counts[c] = total
 
 
