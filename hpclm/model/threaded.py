@@ -26,7 +26,7 @@ class ThreadedGPT:
                          for _ in range(self.n_threads)]
         self._scratch = X.np.empty_like(model.grad_flat)     # weighted slice gradients, reused every step
         self._pool = ThreadPoolExecutor(self.n_threads, thread_name_prefix="hpclm-rows")
-        self._blas = ThreadpoolController()                  # found once: re-scanning libraries costs ~0.2 ms
+        self._blas = ThreadpoolController()                  # found once: scanning the loaded libraries is not free
 
     @property
     def recompute(self):
