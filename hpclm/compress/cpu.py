@@ -25,7 +25,8 @@ from numba.extending import intrinsic
 
 from hpclm import kernels
 
-CHUNK = 1 << 16                   # elements per parallel task (multiple of 8 and of power-of-two blocks)
+CHUNK = 1 << 16                   # elements per parallel task (multiple of 8 and of power-of-two blocks;
+                                  # sparse_code's chunk, which scatter_compact relies on)
 
 _U64 = np.uint64
 _GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -46,6 +47,11 @@ def _threads():
 @njit(cache=True, inline="always")
 def _tasks(n):
     return (n + CHUNK - 1) // CHUNK
+
+
+def _output(out, n, dtype):
+    """The caller's (n,) buffer when it has that size and dtype, else a new one."""
+    return out if out is not None and out.dtype == dtype and out.size == n else np.empty(n, dtype)
 
 
 # -- rng -----------------------------------------------------------------------------------------
@@ -455,8 +461,7 @@ def decode_codes(packed, n, bits, table, out=None):
     """(n,) of table's dtype: table[code] for each packed code (twins: bits.unpack_codes and the
     compressors' decompress arithmetic, which the caller folds into `table`, (2**bits,))."""
     _threads()
-    if out is None or out.dtype != table.dtype or out.size != n:
-        out = np.empty(n, table.dtype)
+    out = _output(out, n, table.dtype)
     per = 8 // bits if 8 % bits == 0 else 0                      # codes per byte, when whole
     if per and per * table.itemsize % 8 == 0 and n >= per:       # a byte decodes to whole words
         whole = n // per
@@ -610,8 +615,7 @@ def from_16(h, bf16, out=None):
     """uint16 bits of bf16 / half -> float32 (twins: bf16.from_bf16_bits, half.half_to_float)."""
     _threads()
     flat = np.ascontiguousarray(h).view(np.uint16).reshape(-1)
-    if out is None or out.dtype != np.float32 or out.size != flat.size:
-        out = np.empty(flat.size, np.float32)
+    out = _output(out, flat.size, np.float32)
     _from_16(flat, bf16, out.reshape(-1))
     return out.reshape(np.shape(h))
 
@@ -794,49 +798,49 @@ def hashes_below(key, n, cut):
 
 
 @njit(cache=True, parallel=True)
-def _zero(out):
+def _scatter_chunks(out, indices, values, starts):
+    """Chunk c of out zeroed, then values[starts[c]:starts[c + 1]] written at their indices (which
+    lie in chunk c), while the chunk is still in cache: out is written once, by every thread."""
+    n = out.size
+    for c in prange(_tasks(n)):
+        lo = c * CHUNK
+        o = out[lo:min(n, lo + CHUNK)]
+        for i in range(o.size):
+            o[i] = 0
+        for j in range(starts[c], starts[c + 1]):
+            o[indices[j] - lo] = values[j]
+
+
+@njit(cache=True, parallel=True)
+def _scatter_compact_chunks(out, v16, scale, local, starts):
+    """_scatter_chunks for the compact format: chunk c's values float32(v16) * scale at local."""
     n = out.size
     for c in prange(_tasks(n)):
         o = out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
         for i in range(o.size):
             o[i] = 0
-
-
-@njit(cache=True)
-def _scatter(out, indices, values):
-    for j in range(indices.size):
-        out[indices[j]] = values[j]
-
-
-@njit(cache=True)
-def _scatter_compact(out, v16, scale, local, counts):
-    """out[(chunk << 16) + local] = float32(v16) * scale, chunks in order (sparse_code.decode)."""
-    j = 0
-    for c in range(counts.size):
-        base = c << 16
-        for _ in range(counts[c]):
-            out[base + np.int64(local[j])] = _h2f(v16[j]) * scale
-            j += 1
+        for j in range(starts[c], starts[c + 1]):
+            o[np.int64(local[j])] = _h2f(v16[j]) * scale
 
 
 def scatter(values, indices, n, dtype, out=None):
-    """Dense (n,) of `dtype`, values at indices, zeros elsewhere (twin: topk.scatter)."""
+    """Dense (n,) of `dtype`, values at indices (ascending), zeros elsewhere (twin: topk.scatter)."""
     _threads()
-    if out is None or out.dtype != dtype or out.size != n:
-        out = np.empty(n, dtype)
-    _zero(out)
-    _scatter(out, indices, values)
+    out = _output(out, n, dtype)
+    starts = np.searchsorted(indices, np.arange(_tasks(n) + 1) * CHUNK)     # (chunks + 1,)
+    _scatter_chunks(out, indices, values, starts)
     return out
 
 
 def scatter_compact(payload, n, dtype, out=None):
-    """Dense (n,) from a compact sparse payload (twin: sparse_code.decode then topk.scatter)."""
+    """Dense (n,) from a compact sparse payload (twin: sparse_code.decode then topk.scatter); its
+    chunks are this module's CHUNK."""
     _threads()
     v16, scale, local, counts = payload
-    if out is None or out.dtype != dtype or out.size != n:
-        out = np.empty(n, dtype)
-    _zero(out)
-    _scatter_compact(out, v16.view(np.uint16), np.float32(scale[0]), local, counts)
+    out = _output(out, n, dtype)
+    starts = np.zeros(counts.size + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])                                        # (chunks + 1,)
+    _scatter_compact_chunks(out, v16.view(np.uint16), np.float32(scale[0]), local, starts)
     return out
 
 
