@@ -629,13 +629,30 @@ def sum_16(acc, other, bf16):
 
 # -- sparse --------------------------------------------------------------------------------------
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], np.int64)
+_POSITIONS = np.array([[b for b in range(8) if v >> (7 - b) & 1] + [0] * (8 - bin(v).count("1"))
+                       for v in range(256)], np.int32)          # (256, 8): the marked bits of byte v
+
+
+@njit(cache=True, inline="always")
+def _marked_positions(m, base, out_idx, k):
+    """The positions base + 8j + b of the marks in bytes m, ascending, into out_idx[k:]: for each
+    nonzero byte (most are zero), its table positions. Returns k plus their number."""
+    for j in range(m.size):
+        v = m[j]
+        if v:
+            for q in range(_POPCOUNT[v]):
+                out_idx[k + q] = base + 8 * j + _POSITIONS[v, q]
+            k += _POPCOUNT[v]
+    return k
 
 
 @njit(cache=True, parallel=True)
-def _mark_at_least(bits, magnitude, floor, marks, counts):
+def _mark_at_least(bits, magnitude, floor, g, marks, counts, idx_s, val_s):
     """marks (ceil(n/8),) uint8: bit (7 - b) of byte j set where (bits[8j + b] & magnitude) >= floor,
     i.e. |g| >= the float whose bits are floor (unsigned order is |float| order; a NaN is above
-    every floor); counts[c]: the marks in chunk c. One vectorised pass, like _pack_bits."""
+    every floor); counts[c]: the marks in chunk c. One vectorised pass, like _pack_bits. A chunk
+    with at most idx_s.shape[1] marks also puts their indices and values into row c of idx_s and
+    val_s while it is in cache (gathered from memory later, the values cost a miss each)."""
     n = bits.size
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
@@ -655,26 +672,28 @@ def _mark_at_least(bits, magnitude, floor, marks, counts):
         for j in range(m.size):
             total += _POPCOUNT[m[j]]
         counts[c] = total
-
-
-_POSITIONS = np.array([[b for b in range(8) if v >> (7 - b) & 1] + [0] * (8 - bin(v).count("1"))
-                       for v in range(256)], np.int32)          # (256, 8): the marked bits of byte v
+        if total <= idx_s.shape[1]:
+            rows = idx_s[c]
+            _marked_positions(m, lo, rows, 0)
+            for q in range(total):
+                val_s[c, q] = g[rows[q]]
 
 
 @njit(cache=True, parallel=True)
 def _marked_indices(marks, starts, out_idx):
-    """The marked indices of chunk c, ascending, into out_idx[starts[c]:]: for each nonzero byte
-    (most are zero), its table positions."""
+    """The marked indices of chunk c, ascending, into out_idx[starts[c]:]."""
     for c in prange(starts.size):
-        m = marks[c * (CHUNK // 8):min(marks.size, (c + 1) * (CHUNK // 8))]
-        k = starts[c]
-        for j in range(m.size):
-            v = m[j]
-            if v:
-                base = c * CHUNK + 8 * j
-                for q in range(_POPCOUNT[v]):
-                    out_idx[k + q] = base + _POSITIONS[v, q]
-                k += _POPCOUNT[v]
+        _marked_positions(marks[c * (CHUNK // 8):min(marks.size, (c + 1) * (CHUNK // 8))], c * CHUNK, out_idx,
+                          starts[c])
+
+
+@njit(cache=True, parallel=True)
+def _concatenate_rows(idx_s, val_s, counts, starts, out_idx, out_val):
+    """Row c's first counts[c] entries of idx_s and val_s into out_idx and out_val at starts[c]."""
+    for c in prange(counts.size):
+        for q in range(counts[c]):
+            out_idx[starts[c] + q] = idx_s[c, q]
+            out_val[starts[c] + q] = val_s[c, q]
 
 
 def _indices_of_marks(marks, counts, dtype):
@@ -703,10 +722,15 @@ def take(g, idx):
     return out
 
 
+_COLLECT = CHUNK // 16             # marked elements a chunk collects in _mark_at_least
+
+
 def select_abs(g, t, strict):
     """(indices int32 ascending, values) of the elements with |g| >= t (> t if strict); None if g
     holds a NaN or t is not a number >= 0 (NumPy's comparisons then decide: the caller's twin).
-    A pass marking |g| >= t in a bitmap (compared as bit patterns), then one turning marks into indices."""
+    A pass marking |g| >= t in a bitmap (compared as bit patterns) that also collects each chunk's
+    marked elements when there are at most CHUNK / 16 of them, then the chunks' collections in
+    order (or, when some chunk holds more, a pass turning marks into indices, and a gather)."""
     _threads()
     g = np.ascontiguousarray(g)
     t = g.dtype.type(t)
@@ -717,10 +741,17 @@ def select_abs(g, t, strict):
     magnitude = unsigned(np.iinfo(unsigned).max >> 1)                # all but the sign bit
     marks = np.empty((g.size + 7) // 8, np.uint8)
     counts = np.empty(_tasks(g.size), np.int64)
-    _mark_at_least(g.view(unsigned), magnitude, floor, marks, counts)
-    out_idx = _indices_of_marks(marks, counts, np.int32)
-    out_val = np.empty(out_idx.size, g.dtype)
-    _take(g, out_idx, out_val)
+    idx_s, val_s = np.empty((counts.size, _COLLECT), np.int32), np.empty((counts.size, _COLLECT), g.dtype)
+    _mark_at_least(g.view(unsigned), magnitude, floor, g, marks, counts, idx_s, val_s)
+    if counts.size and counts.max() <= _COLLECT:
+        starts = np.zeros(counts.size, np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])                       # (chunks,) where chunk c's elements go
+        out_idx, out_val = np.empty(int(counts.sum()), np.int32), np.empty(int(counts.sum()), g.dtype)
+        _concatenate_rows(idx_s, val_s, counts, starts, out_idx, out_val)
+    else:
+        out_idx = _indices_of_marks(marks, counts, np.int32)
+        out_val = np.empty(out_idx.size, g.dtype)
+        _take(g, out_idx, out_val)
     if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
         return None
     return out_idx, out_val

@@ -88,6 +88,23 @@ def test_sparse_formats(fmt, restore_kernels):
         assert_twins(name, g, sparse_format=fmt)
 
 
+@pytest.mark.parametrize("t", [0.0, 0.5, 2.0, 3.0, 9.0])                           # 100 % .. none above
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_select_abs_collected_and_gathered(t, dtype):
+    """Both ways of select_abs -- chunks collecting their few marked elements (t >= 2: at most
+    CHUNK / 16 per chunk), the bitmap scanned then gathered (t < 2) -- against NumPy, with one
+    chunk crowded past the collection (most of its elements above t) among sparse ones."""
+    from hpclm.compress import cpu
+    g = np.random.default_rng(7).standard_normal(3 * cpu.CHUNK + 11).astype(dtype)
+    crowded = g.copy()
+    crowded[cpu.CHUNK:2 * cpu.CHUNK] *= 100.0
+    for a in (g, crowded):
+        for strict in (False, True):
+            want = np.flatnonzero(np.abs(a) > t if strict else np.abs(a) >= t).astype(np.int32)
+            idx, values = cpu.select_abs(a, t, strict)
+            assert same_bits(idx, want) and same_bits(values, a[want]), (t, strict)
+
+
 @pytest.mark.parametrize("n,density", [(300001, 0.01), (1 << 20, 0.001), (5000, 0.3)])
 def test_topk_compiled_selection_is_exact(n, density, restore_kernels):
     """The one-pass selection (not a fallback) returns the exact top-k set of select_topk."""
