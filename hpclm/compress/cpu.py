@@ -722,7 +722,20 @@ def take(g, idx):
     return out
 
 
-_COLLECT = CHUNK // 16             # marked elements a chunk collects in _mark_at_least
+_COLLECT = CHUNK // 16             # marked elements a chunk collects while it is marked
+
+
+def _collected(counts, idx_s, val_s):
+    """(indices, values) of every chunk's collection in chunk order, or None when some chunk had
+    more marks than it could collect."""
+    if counts.size and counts.max() > idx_s.shape[1]:
+        return None
+    starts = np.zeros(counts.size, np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])                           # (chunks,) where chunk c's elements go
+    total = int(counts.sum())
+    out_idx, out_val = np.empty(total, idx_s.dtype), np.empty(total, val_s.dtype)
+    _concatenate_rows(idx_s, val_s, counts, starts, out_idx, out_val)
+    return out_idx, out_val
 
 
 def select_abs(g, t, strict):
@@ -743,11 +756,9 @@ def select_abs(g, t, strict):
     counts = np.empty(_tasks(g.size), np.int64)
     idx_s, val_s = np.empty((counts.size, _COLLECT), np.int32), np.empty((counts.size, _COLLECT), g.dtype)
     _mark_at_least(g.view(unsigned), magnitude, floor, g, marks, counts, idx_s, val_s)
-    if counts.size and counts.max() <= _COLLECT:
-        starts = np.zeros(counts.size, np.int64)
-        np.cumsum(counts[:-1], out=starts[1:])                       # (chunks,) where chunk c's elements go
-        out_idx, out_val = np.empty(int(counts.sum()), np.int32), np.empty(int(counts.sum()), g.dtype)
-        _concatenate_rows(idx_s, val_s, counts, starts, out_idx, out_val)
+    collected = _collected(counts, idx_s, val_s)
+    if collected is not None:
+        out_idx, out_val = collected
     else:
         out_idx = _indices_of_marks(marks, counts, np.int32)
         out_val = np.empty(out_idx.size, g.dtype)
@@ -778,10 +789,11 @@ _GOLDEN8 = _U64(8 * int(_GOLDEN) % (1 << 64))                  # the state step 
 
 
 @njit(cache=True, parallel=True)
-def _mark_hash_below(key, n, cut, marks, counts):
+def _mark_hash_below(key, n, cut, marks, counts, idx_s, hash_s):
     """marks as _mark_at_least's, for hash(i) < cut over the counters i < n, and counts per chunk:
     each byte's eight hashes compared and shifted into it in registers (the loop over bytes
-    vectorises: eight states per lane, eight counters apart)."""
+    vectorises: eight states per lane, eight counters apart). A chunk with at most
+    idx_s.shape[1] marks also puts their counters and hashes into row c of idx_s and hash_s."""
     for c in prange(counts.size):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
         m = marks[lo // 8:(hi + 7) // 8]
@@ -805,6 +817,11 @@ def _mark_hash_below(key, n, cut, marks, counts):
                 total += below
             m[whole] = np.uint8(byte)
         counts[c] = total
+        if total <= idx_s.shape[1]:
+            rows = idx_s[c]
+            _marked_positions(m, lo, rows, 0)
+            for q in range(total):
+                hash_s[c, q] = _hash(key, rows[q])
 
 
 @njit(cache=True, parallel=True)
@@ -821,7 +838,11 @@ def hashes_below(key, n, cut):
     key, cut = np.uint64(key), np.uint64(cut)
     marks = np.empty((n + 7) // 8, np.uint8)
     counts = np.empty(_tasks(n), np.int64)
-    _mark_hash_below(key, int(n), cut, marks, counts)
+    idx_s, hash_s = np.empty((counts.size, _COLLECT), np.int64), np.empty((counts.size, _COLLECT), np.uint64)
+    _mark_hash_below(key, int(n), cut, marks, counts, idx_s, hash_s)
+    collected = _collected(counts, idx_s, hash_s)
+    if collected is not None:
+        return collected
     idx = _indices_of_marks(marks, counts, np.int64)
     hashes = np.empty(idx.size, np.uint64)
     _hashes_at(key, idx, hashes)
