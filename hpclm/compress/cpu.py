@@ -85,7 +85,7 @@ def _unit(h):
 # -- signs ---------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _pack_bits(bits, shift, out):
-    """Bits (bits[i] >> shift: sign bits, or 0/1 flags with shift 0) into out (ceil(bits.size / 8),),
+    """Sign bits (bits[i] >> shift) into out (ceil(bits.size / 8),),
     the last byte zero-padded. Kernels index chunk slices from 0 (so Numba can drop negative-index
     wrap-around and vectorize)."""
     whole = bits.size // 8
