@@ -761,8 +761,7 @@ def select_abs(g, t, strict):
         out_idx, out_val = collected
     else:
         out_idx = _indices_of_marks(marks, counts, np.int32)
-        out_val = np.empty(out_idx.size, g.dtype)
-        _take(g, out_idx, out_val)
+        out_val = take(g, out_idx)
     if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
         return None
     return out_idx, out_val
@@ -850,29 +849,16 @@ def hashes_below(key, n, cut):
 
 
 @njit(cache=True, parallel=True)
-def _scatter_chunks(out, indices, values, starts):
-    """Chunk c of out zeroed, then values[starts[c]:starts[c + 1]] written at their indices (which
-    lie in chunk c), while the chunk is still in cache: out is written once, by every thread."""
-    n = out.size
-    for c in prange(_tasks(n)):
-        lo = c * CHUNK
-        o = out[lo:min(n, lo + CHUNK)]
-        for i in range(o.size):
-            o[i] = 0
-        for j in range(starts[c], starts[c + 1]):
-            o[indices[j] - lo] = values[j]
-
-
-@njit(cache=True, parallel=True)
-def _scatter_compact_chunks(out, v16, scale, local, starts):
-    """_scatter_chunks for the compact format: chunk c's values float32(v16) * scale at local."""
+def _scatter_chunks(out, local, values, starts):
+    """Chunk c of out zeroed, then values[starts[c]:starts[c + 1]] written at their positions local
+    within the chunk, while the chunk is still in cache: out is written once, by every thread."""
     n = out.size
     for c in prange(_tasks(n)):
         o = out[c * CHUNK:min(n, c * CHUNK + CHUNK)]
         for i in range(o.size):
             o[i] = 0
         for j in range(starts[c], starts[c + 1]):
-            o[np.int64(local[j])] = _h2f(v16[j]) * scale
+            o[np.int64(local[j])] = values[j]
 
 
 def scatter(values, indices, n, dtype, out=None):
@@ -880,19 +866,21 @@ def scatter(values, indices, n, dtype, out=None):
     _threads()
     out = _output(out, n, dtype)
     starts = np.searchsorted(indices, np.arange(_tasks(n) + 1) * CHUNK)     # (chunks + 1,)
-    _scatter_chunks(out, indices, values, starts)
+    _scatter_chunks(out, indices & (CHUNK - 1), values, starts)               # positions within the chunk
     return out
 
 
 def scatter_compact(payload, n, dtype, out=None):
     """Dense (n,) from a compact sparse payload (twin: sparse_code.decode then topk.scatter); its
-    chunks are this module's CHUNK."""
+    chunks are this module's CHUNK, its uint16 indices the positions within them."""
     _threads()
     v16, scale, local, counts = payload
     out = _output(out, n, dtype)
     starts = np.zeros(counts.size + 1, np.int64)
     np.cumsum(counts, out=starts[1:])                                        # (chunks + 1,)
-    _scatter_compact_chunks(out, v16.view(np.uint16), np.float32(scale[0]), local, starts)
+    values = from_16(v16, bf16=False)                                        # (k,) float32
+    values *= np.float32(scale[0])
+    _scatter_chunks(out, local, values, starts)
     return out
 
 
