@@ -270,15 +270,6 @@ def int8_dequantize(q, scales, block, out):
 
 
 # -- b-bit codes: qsgd, terngrad, kmeans ---------------------------------------------------------
-@njit(cache=True)
-def _uniforms(key, offset, out):
-    """out[i] = uniform of counter offset + i (a loop of its own: the 64-bit hash vectorises)."""
-    z = _state(key, offset)
-    for i in range(out.size):
-        out[i] = _unit(_mix(z))
-        z += _GOLDEN
-
-
 _NEAREST_BLOCK = 4096                                          # elements: the block and its counts stay in L1
 
 
@@ -304,22 +295,22 @@ def _nearest(g, midpoints, out):
 
 @njit(cache=True)
 def _codes(g, offset, kind, f, s, key, out):
-    """out[i] = the qsgd or terngrad code of g[i] (element offset + i of the gradient)."""
+    """out[i] = the qsgd or terngrad code of g[i] (element offset + i of the gradient), its uniform
+    drawn in the same loop (the RNG's arithmetic overlaps the loads of g)."""
+    z = _state(key, offset)                                    # counter offset + i's state: z + i * _GOLDEN
     if kind == 0:                                              # qsgd: sign(g) min(floor(|g| f + u), s) + s
-        u = np.empty(g.size, np.float32)
-        _uniforms(key, offset, u)
         sf = np.float32(s)
         for i in range(g.size):
-            t = np.floor(np.float32(abs(g[i])) * f + u[i])
+            t = np.floor(np.float32(abs(g[i])) * f + _unit(_mix(z)))
             t = t if t < sf else sf
             out[i] = np.uint8(np.float32(math.copysign(t, g[i])) + sf)
+            z += _GOLDEN
     elif kind == 1:                                            # terngrad: 1 + sign(g) [u < |g| f]
-        u = np.empty(g.size, np.float32)
-        _uniforms(key, offset, u)
         for i in range(g.size):
-            keep = np.int64(u[i] < np.float32(abs(g[i])) * f)
+            keep = np.int64(_unit(_mix(z)) < np.float32(abs(g[i])) * f)
             neg = np.int64(math.copysign(1.0, g[i]) < 0)
             out[i] = np.uint8(1 + keep - 2 * (keep & neg))
+            z += _GOLDEN
 
 
 @njit(cache=True, inline="always")
@@ -412,30 +403,35 @@ def _decode_bytes(packed, words, out64):
     per = CHUNK // 8
     for c in prange((m + per - 1) // per):
         lo, hi = c * per, min(m, c * per + per)
+        p, o = packed[lo:hi], out64[lo * w:hi * w]              # slices from 0: contiguous stores, no scatter
         if w == 1:                                  # a loop per width: a loop of w inside runs 2-3x slower
-            for j in range(lo, hi):
-                out64[j] = words[packed[j], 0]
+            column = words[:, 0]
+            for j in range(p.size):
+                o[j] = column[p[j]]
         elif w == 2:
-            for j in range(lo, hi):
-                out64[2 * j] = words[packed[j], 0]
-                out64[2 * j + 1] = words[packed[j], 1]
+            for j in range(p.size):
+                o[2 * j] = words[p[j], 0]
+                o[2 * j + 1] = words[p[j], 1]
         else:
-            for j in range(lo, hi):
+            for j in range(p.size):
                 for b in range(w):
-                    out64[j * w + b] = words[packed[j], b]
+                    o[j * w + b] = words[p[j], b]
 
 
 @njit(cache=True, parallel=True)
-def _decode_six(packed, units, pairs, out64):
-    """out64 (2 units,) uint64 <- 6-bit codes, four in each of the `units` 3-byte units of packed:
-    pairs[12 bits] (4096,) holds the two float32 values of a code pair as one word."""
+def _decode_six(packed, units, table, out):
+    """out (4 units,) <- table[6-bit code], four codes in each of the `units` 3-byte units of packed
+    (the 64-entry table stays in L1 beside the streams)."""
     per = CHUNK // 4
     for c in prange((units + per - 1) // per):
-        for k in range(c * per, min(units, c * per + per)):
-            x = (np.uint32(packed[3 * k]) << np.uint32(16)) | (np.uint32(packed[3 * k + 1]) << np.uint32(8)) \
-                | np.uint32(packed[3 * k + 2])
-            out64[2 * k] = pairs[x >> np.uint32(12)]
-            out64[2 * k + 1] = pairs[x & np.uint32(4095)]
+        lo, hi = c * per, min(units, c * per + per)
+        p, o = packed[3 * lo:3 * hi], out[4 * lo:4 * hi]       # slices from 0: contiguous, no scatter
+        for k in range(hi - lo):
+            x = (np.uint32(p[3 * k]) << np.uint32(16)) | (np.uint32(p[3 * k + 1]) << np.uint32(8)) | np.uint32(p[3 * k + 2])
+            o[4 * k] = table[x >> np.uint32(18)]
+            o[4 * k + 1] = table[(x >> np.uint32(12)) & np.uint32(63)]
+            o[4 * k + 2] = table[(x >> np.uint32(6)) & np.uint32(63)]
+            o[4 * k + 3] = table[x & np.uint32(63)]
 
 
 def encode_codes(g, kind, bits, f, s, key):
@@ -471,12 +467,9 @@ def decode_codes(packed, n, bits, table, out=None):
                       out[:whole * per].view(np.uint64))
         if whole * per < n:                                       # the last byte's first codes
             out[whole * per:] = values[packed[whole], :n - whole * per]
-    elif bits == 6 and table.itemsize == 4 and n >= 4:             # a code pair decodes to one word
+    elif bits == 6 and n >= 4:                                      # four codes in three bytes
         units = n // 4
-        codes = np.arange(4096)                                     # (4096,): code pairs, first code high
-        pairs = np.stack([table[codes >> 6], table[codes & 63]], axis=1)             # (4096, 2)
-        _decode_six(packed, units, np.ascontiguousarray(pairs).view(np.uint64).reshape(-1),
-                    out[:units * 4].view(np.uint64))
+        _decode_six(packed, units, table, out[:units * 4])
         if units * 4 < n:                                           # the last unit's first codes
             _decode_codes(packed[3 * units:], n - units * 4, 6, table, out[units * 4:])
     else:
