@@ -684,9 +684,11 @@ def _marked_indices(marks, starts, out_idx):
 def _concatenate_rows(idx_s, val_s, counts, starts, out_idx, out_val):
     """Row c's first counts[c] entries of idx_s and val_s into out_idx and out_val at starts[c]."""
     for c in prange(counts.size):
-        for q in range(counts[c]):
-            out_idx[starts[c] + q] = idx_s[c, q]
-            out_val[starts[c] + q] = val_s[c, q]
+        lo, hi = starts[c], starts[c] + counts[c]
+        oi, ov, ri, rv = out_idx[lo:hi], out_val[lo:hi], idx_s[c], val_s[c]   # slices from 0: no scatter
+        for q in range(hi - lo):
+            oi[q] = ri[q]
+            ov[q] = rv[q]
 
 
 def _indices_of_marks(marks, counts, dtype):
@@ -758,6 +760,57 @@ def select_abs(g, t, strict):
     if np.isnan(out_val).any():                                       # a NaN is marked whatever t is
         return None
     return out_idx, out_val
+
+
+_TOP_BITS = 12                     # log2 of the bins of top_k's histogram
+
+
+@njit(cache=True)
+def _top_k(bits, k, out):
+    """out (k,) <- the positions, ascending, of the k largest of bits (magnitude bit patterns, which
+    order as the floats do), ties at the k-th by lowest position: a histogram of (x - min) over
+    2^_TOP_BITS bins spanning [min, max] finds the bin holding the k-th largest, a sort of that
+    bin's members finds it, t, and a last pass keeps what is above t and the first ties."""
+    lo, hi = bits[0], bits[0]
+    for i in range(bits.size):
+        lo, hi = min(lo, bits[i]), max(hi, bits[i])
+    shift, span = 0, (hi - lo) >> _TOP_BITS
+    while span:                                                # (hi - lo) >> shift < 2^_TOP_BITS
+        shift, span = shift + 1, span >> 1
+    shift = bits.dtype.type(shift)
+    hist = np.zeros(1 << _TOP_BITS, np.int64)
+    for i in range(bits.size):
+        hist[(bits[i] - lo) >> shift] += 1
+    above, b = 0, (1 << _TOP_BITS) - 1                         # elements in the bins above bin b
+    while above + hist[b] < k:
+        above += hist[b]
+        b -= 1
+    members, j = np.empty(hist[b], bits.dtype), 0
+    for i in range(bits.size):
+        if (bits[i] - lo) >> shift == b:
+            members[j] = bits[i]
+            j += 1
+    members.sort()
+    t = members[members.size - (k - above)]                    # the k-th largest
+    ties = k - above - np.sum(members > t)                     # the elements equal to t that are kept
+    j = 0
+    for i in range(bits.size):
+        x = bits[i]
+        if x > t or (x == t and ties > 0):
+            ties -= x == t
+            out[j] = i
+            j += 1
+
+
+def top_k(values, k):
+    """(k,) int64: the positions, ascending, of the k largest |values| (no NaN), ties by lowest
+    position (twin: topk.select_topk of np.abs(values))."""
+    unsigned = np.uint32 if values.dtype.itemsize == 4 else np.uint64
+    bits = np.ascontiguousarray(values).view(unsigned) & unsigned(np.iinfo(unsigned).max >> 1)
+    out = np.empty(k, np.int64)
+    if 0 < k <= values.size:
+        _top_k(bits, int(k), out)
+    return out
 
 
 @njit(cache=True, parallel=True)

@@ -64,7 +64,7 @@ def select_topk_compiled(g, k, key):
     """(indices int32 ascending, values) of the exact top-k set (as select_topk on |g|), by the
     compiled kernels: a cut from a hashed sample set BRACKET_SIGMAS standard deviations of the
     sample quantile below the k-th largest, one pass collecting every |g| >= cut (about
-    k (1 + 6 sqrt(n / (k m)))), then select_topk among those. The k-th largest is >= the cut
+    k (1 + 6 sqrt(n / (k m)))), then the top k among those (cpu.top_k). The k-th largest is >= the cut
     whenever at least k are collected, so the set is exact; otherwise (or with NaNs, which
     NumPy orders last) None, and the caller uses the NumPy path."""
     from hpclm.compress import cpu
@@ -80,7 +80,7 @@ def select_topk_compiled(g, k, key):
     if found is None or found[0].size < k:
         return None
     idx, values = found
-    keep = select_topk(numpy.abs(values), k, numpy)
+    keep = cpu.top_k(values, k)
     return idx[keep], values[keep]
 
 

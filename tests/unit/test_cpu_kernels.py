@@ -117,6 +117,22 @@ def test_topk_compiled_selection_is_exact(n, density, restore_kernels):
     assert same_bits(found[0], select_topk(np.abs(g), k, np)) and same_bits(found[1], g[found[0]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["normal", "narrow", "ties", "zeros", "one"])
+def test_top_k_of_candidates(case, dtype):
+    """cpu.top_k (histogram over [min, max], then the k-th bin sorted) against select_topk of |v|:
+    values spread wide and packed in a narrow range (what the candidates above a cut are), many
+    ties at the k-th, mostly zeros, a single element; k from 1 to all."""
+    from hpclm.compress import cpu
+    from hpclm.compress.topk import select_topk
+    rs = np.random.default_rng(3)
+    v = rs.standard_normal(20011)
+    v = {"normal": v, "narrow": np.sign(v) * (2.5 + np.abs(v) * 1e-3), "ties": np.round(v * 2) / 2,
+         "zeros": np.where(np.arange(v.size) % 7 == 0, -1.5, 0.0), "one": v[:1]}[case].astype(dtype)
+    for k in sorted({k for k in (1, 2, v.size // 3, v.size // 7, v.size - 1, v.size) if 0 < k <= v.size}):
+        assert same_bits(cpu.top_k(v, k), select_topk(np.abs(v), k, np).astype(np.int64)), (case, k)
+
+
 def test_topk_nan_falls_back_to_numpy(restore_kernels):
     g = np.random.default_rng(4).standard_normal(100000).astype(np.float32)
     g[17] = np.nan                                                          # NumPy orders NaN above every number
