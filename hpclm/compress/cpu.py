@@ -806,10 +806,15 @@ def top_k(values, k):
     """(k,) int64: the positions, ascending, of the k largest |values| (no NaN), ties by lowest
     position (twin: topk.select_topk of np.abs(values))."""
     unsigned = np.uint32 if values.dtype.itemsize == 4 else np.uint64
-    bits = np.ascontiguousarray(values).view(unsigned) & unsigned(np.iinfo(unsigned).max >> 1)
+    return largest_patterns(np.ascontiguousarray(values).view(unsigned) & unsigned(np.iinfo(unsigned).max >> 1), k)
+
+
+def largest_patterns(bits, k):
+    """(k,) int64: the positions, ascending, of the k largest of the unsigned ints bits, ties by
+    lowest position (twin: topk.select_topk)."""
     out = np.empty(k, np.int64)
-    if 0 < k <= values.size:
-        _top_k(bits, int(k), out)
+    if 0 < k <= bits.size:
+        _top_k(np.ascontiguousarray(bits), int(k), out)
     return out
 
 

@@ -25,7 +25,8 @@ def random_indices(n, k, seed, step, xp=None):
     The hashes are distinct (SplitMix64 is a bijection of distinct counters), so "the k smallest"
     is one set: the hashes up to the k-th smallest. Selection: only hashes below a cut a few
     standard deviations above the k/n quantile are partitioned (about k + 6 sqrt(k) + 16
-    candidates instead of n); if fewer than k fall below it (probability ~1e-9), all n are."""
+    candidates instead of n; on the compiled kernels, a radix pass over them: cpu.largest_patterns);
+    if fewer than k fall below it (probability ~1e-9), all n are."""
     xp = xp or X.np
     if k >= n:
         return xp.arange(n, dtype=xp.int32)
@@ -37,6 +38,8 @@ def random_indices(n, k, seed, step, xp=None):
     if xp is numpy and kernels.enabled():                             # candidates without the (n,) hashes
         from hpclm.compress import cpu
         candidates, hashes = cpu.hashes_below(key, n, cut)
+        if candidates.size >= k:                                     # the k largest of ~hash: a radix pass
+            return candidates[cpu.largest_patterns(~hashes, k)].astype(xp.int32)
     else:
         h = rng.hash64(key, n, xp=xp)                                        # (n,) uint64
         candidates = xp.flatnonzero(h < xp.uint64(cut))
