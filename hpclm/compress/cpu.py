@@ -767,8 +767,9 @@ _TOP_BITS = 12                     # log2 of the bins of top_k's histogram
 
 @njit(cache=True)
 def _top_k(bits, k, out):
-    """out (k,) <- the positions, ascending, of the k largest of bits (magnitude bit patterns, which
-    order as the floats do), ties at the k-th by lowest position: a histogram of (x - min) over
+    """out (k,) <- the positions, ascending, of the k largest of the unsigned ints bits (top_k's:
+    magnitude bit patterns, which order as the floats do), ties at the k-th by lowest position: a
+    histogram of (x - min) over
     2^_TOP_BITS bins spanning [min, max] finds the bin holding the k-th largest, a sort of that
     bin's members finds it, t, and a last pass keeps what is above t and the first ties."""
     lo, hi = bits[0], bits[0]

@@ -133,6 +133,17 @@ def test_top_k_of_candidates(case, dtype):
         assert same_bits(cpu.top_k(v, k), select_topk(np.abs(v), k, np).astype(np.int64)), (case, k)
 
 
+def test_largest_patterns_of_inverted_hashes():
+    """randomk's use: the k smallest of distinct uint64 hashes as the k largest of ~hash (the top
+    bits set, the spread below 2^-6 of the range), against a stable argsort."""
+    from hpclm.compress import cpu, rng
+    h = rng.hash64(99, 50000)
+    h = h[h < np.uint64(1 << 58)]                                               # candidates below a cut
+    for k in (1, 17, h.size // 2, h.size):
+        want = np.sort(np.argsort(h, kind="stable")[:k])
+        assert same_bits(cpu.largest_patterns(~h, k), want.astype(np.int64)), k
+
+
 def test_topk_nan_falls_back_to_numpy(restore_kernels):
     g = np.random.default_rng(4).standard_normal(100000).astype(np.float32)
     g[17] = np.nan                                                          # NumPy orders NaN above every number
