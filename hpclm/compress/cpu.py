@@ -418,6 +418,13 @@ def _decode_bytes(packed, words, out64):
                     o[j * w + b] = words[p[j], b]
 
 
+@njit(cache=True, inline="always")
+def _six_bit_codes(p, k):
+    """The four 6-bit codes of 3-byte unit k of p (MSB first)."""
+    x = (np.uint32(p[3 * k]) << np.uint32(16)) | (np.uint32(p[3 * k + 1]) << np.uint32(8)) | np.uint32(p[3 * k + 2])
+    return x >> np.uint32(18), (x >> np.uint32(12)) & np.uint32(63), (x >> np.uint32(6)) & np.uint32(63), x & np.uint32(63)
+
+
 @njit(cache=True, parallel=True)
 def _decode_six(packed, units, table, out):
     """out (4 units,) <- table[6-bit code], four codes in each of the `units` 3-byte units of packed
@@ -427,11 +434,24 @@ def _decode_six(packed, units, table, out):
         lo, hi = c * per, min(units, c * per + per)
         p, o = packed[3 * lo:3 * hi], out[4 * lo:4 * hi]       # slices from 0: contiguous, no scatter
         for k in range(hi - lo):
-            x = (np.uint32(p[3 * k]) << np.uint32(16)) | (np.uint32(p[3 * k + 1]) << np.uint32(8)) | np.uint32(p[3 * k + 2])
-            o[4 * k] = table[x >> np.uint32(18)]
-            o[4 * k + 1] = table[(x >> np.uint32(12)) & np.uint32(63)]
-            o[4 * k + 2] = table[(x >> np.uint32(6)) & np.uint32(63)]
-            o[4 * k + 3] = table[x & np.uint32(63)]
+            a, b, d, e = _six_bit_codes(p, k)
+            o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3] = table[a], table[b], table[d], table[e]
+
+
+@njit(cache=True, parallel=True)
+def _decode_six_affine(packed, units, offset, scale, out):
+    """out (4 units,) <- (code - offset) * scale in out's dtype, for the 6-bit codes of packed:
+    arithmetic instead of table loads, so the loop vectorises."""
+    per = CHUNK // 4
+    for c in prange((units + per - 1) // per):
+        lo, hi = c * per, min(units, c * per + per)
+        p, o = packed[3 * lo:3 * hi], out[4 * lo:4 * hi]
+        for k in range(hi - lo):
+            a, b, d, e = _six_bit_codes(p, k)
+            o[4 * k] = (o.dtype.type(a) - offset) * scale
+            o[4 * k + 1] = (o.dtype.type(b) - offset) * scale
+            o[4 * k + 2] = (o.dtype.type(d) - offset) * scale
+            o[4 * k + 3] = (o.dtype.type(e) - offset) * scale
 
 
 def encode_codes(g, kind, bits, f, s, key):
@@ -474,6 +494,25 @@ def decode_codes(packed, n, bits, table, out=None):
             _decode_codes(packed[3 * units:], n - units * 4, 6, table, out[units * 4:])
     else:
         _decode_codes(packed, int(n), int(bits), table, out)
+    return out
+
+
+def decode_affine(packed, n, bits, offset, scale, dtype, out=None):
+    """(n,) of dtype: (code - offset) * scale for each packed code, in dtype's arithmetic (twins:
+    qsgd's and terngrad's decompress, codes.astype(dtype) - offset, times scale)."""
+    dtype = np.dtype(dtype)
+    offset, scale = dtype.type(offset), dtype.type(scale)
+    table = np.arange(1 << bits).astype(dtype)                   # (2**bits,): the same arithmetic per code
+    table -= offset
+    table *= scale
+    if bits != 6 or n < 4:
+        return decode_codes(packed, n, bits, table, out)
+    _threads()
+    out = _output(out, n, dtype)
+    units = n // 4
+    _decode_six_affine(packed, units, offset, scale, out[:units * 4])
+    if units * 4 < n:                                             # the last unit's first codes
+        _decode_codes(packed[3 * units:], n - units * 4, 6, table, out[units * 4:])
     return out
 
 

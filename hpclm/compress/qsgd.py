@@ -68,12 +68,10 @@ class QSGD(Compressor):
         """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
         norm, packed = payload
         xp = X.array_module(packed)
-        if compiled(packed):                                                 # table[code] = (code - s) * norm / s
+        if compiled(packed):                                                 # (code - s) * norm / s
             from hpclm.compress import cpu
-            table = numpy.arange(1 << self.bits).astype(ctx.dtype)
-            table -= self.s
-            table *= (norm / numpy.float32(self.s)).astype(ctx.dtype)
-            return cpu.decode_codes(packed, ctx.n, self.bits, table, out)
+            scale = (norm / numpy.float32(self.s)).astype(ctx.dtype)[0]
+            return cpu.decode_affine(packed, ctx.n, self.bits, self.s, scale, ctx.dtype, out)
         codes = unpack_codes(packed, ctx.n, self.bits)
         out = codes.astype(ctx.dtype)
         out -= self.s

@@ -67,12 +67,9 @@ class TernGrad(Compressor):
     def decompress(self, payload, ctx, out=None):
         """out: an optional (n,) buffer of ctx.dtype the compiled kernel writes into."""
         m, packed = payload
-        if compiled(packed):                                                 # table[code] = (code - 1) * m
+        if compiled(packed):                                                 # (code - 1) * m
             from hpclm.compress import cpu
-            table = numpy.arange(4).astype(ctx.dtype)
-            table -= 1
-            table *= m.astype(ctx.dtype)
-            return cpu.decode_codes(packed, ctx.n, 2, table, out)
+            return cpu.decode_affine(packed, ctx.n, 2, 1, m.astype(ctx.dtype)[0], ctx.dtype, out)
         out = unpack_codes(packed, ctx.n, 2).astype(ctx.dtype)
         out -= 1
         out *= m.astype(ctx.dtype)

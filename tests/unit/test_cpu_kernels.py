@@ -259,15 +259,22 @@ def test_hashed_sample_twin(n, m):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_decode_codes_twin(bits, dtype):
-    """Whole codes per byte (bits 1, 2, 4, 8) decode by a byte table, 6-bit float32 codes by a table
-    of code pairs (three bytes at a time), the rest by 64-bit words: each equals
-    table[unpack_codes(...)] on every size around the byte, unit and chunk edges."""
+    """Whole codes per byte (bits 1, 2, 4, 8) decode by a byte table, 6-bit codes four per three
+    bytes, the rest by 64-bit words: each equals table[unpack_codes(...)] on every size around the
+    byte, unit and chunk edges; decode_affine (6 bits: arithmetic, no table) equals
+    (codes.astype(dtype) - offset) * scale."""
     from hpclm.compress import cpu
     from hpclm.compress.bits import unpack_codes
     table = (np.arange(1 << bits) * 1.5 - 3).astype(dtype)
-    for n in (1, 2, 3, 7, 8, 9, 65535, 3 * 65536 + 5):
+    offset, scale = dtype(1 << (bits - 1)), dtype(0.3)
+    for n in (1, 2, 3, 4, 5, 7, 8, 9, 65535, 3 * 65536 + 5):
         packed = np.random.default_rng(n).integers(0, 256, (n * bits + 7) // 8).astype(np.uint8)
-        assert same_bits(cpu.decode_codes(packed, n, bits, table), table[unpack_codes(packed, n, bits)])
+        codes = unpack_codes(packed, n, bits)
+        assert same_bits(cpu.decode_codes(packed, n, bits, table), table[codes])
+        want = codes.astype(dtype)
+        want -= offset
+        want *= scale
+        assert same_bits(cpu.decode_affine(packed, n, bits, offset, scale, dtype), want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
