@@ -807,10 +807,10 @@ _TOP_BITS = 12                     # log2 of the bins of top_k's histogram
 @njit(cache=True)
 def _top_k(bits, k, out):
     """out (k,) <- the positions, ascending, of the k largest of the unsigned ints bits (top_k's:
-    magnitude bit patterns, which order as the floats do), ties at the k-th by lowest position: a
-    histogram of (x - min) over
-    2^_TOP_BITS bins spanning [min, max] finds the bin holding the k-th largest, a sort of that
-    bin's members finds it, t, and a last pass keeps what is above t and the first ties."""
+    magnitude bit patterns, which order as the floats do), ties at the k-th by lowest position.
+    A histogram of (x - min) over 2^_TOP_BITS bins spanning [min, max] finds the bin holding the
+    k-th largest, a sort of that bin's members finds it, t, and a last pass keeps what is above t
+    and the first ties. 0 < k <= bits.size."""
     lo, hi = bits[0], bits[0]
     for i in range(bits.size):
         lo, hi = min(lo, bits[i]), max(hi, bits[i])
@@ -851,9 +851,11 @@ def top_k(values, k):
 
 def largest_patterns(bits, k):
     """(k,) int64: the positions, ascending, of the k largest of the unsigned ints bits, ties by
-    lowest position (twin: topk.select_topk)."""
+    lowest position (twin: topk.select_topk); 0 <= k <= bits.size."""
+    if not 0 <= k <= bits.size:
+        raise ValueError(f"largest_patterns: k = {k} outside [0, {bits.size}]")
     out = np.empty(k, np.int64)
-    if 0 < k <= bits.size:
+    if k:
         _top_k(np.ascontiguousarray(bits), int(k), out)
     return out
 

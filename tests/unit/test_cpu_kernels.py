@@ -142,6 +142,9 @@ def test_largest_patterns_of_inverted_hashes():
     for k in (1, 17, h.size // 2, h.size):
         want = np.sort(np.argsort(h, kind="stable")[:k])
         assert same_bits(cpu.largest_patterns(~h, k), want.astype(np.int64)), k
+    assert cpu.largest_patterns(~h, 0).size == 0
+    with pytest.raises(ValueError):
+        cpu.largest_patterns(~h, h.size + 1)                                   # no garbage positions
 
 
 def test_topk_nan_falls_back_to_numpy(restore_kernels):
