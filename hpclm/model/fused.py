@@ -26,6 +26,51 @@ GELU_CUBIC = 0.044715
 CHUNK = 1 << 16
 
 
+# ---------------------------------------------------------------------------------------- row reductions
+# A sum in one running total waits for each add before the next (the adder's latency), and LLVM keeps
+# float adds in program order unless told it may reassociate them. _sum and _dot allow it (fastmath
+# 'reassoc' on their adds only), so the loop becomes vector partial sums in float64, combined at the end:
+# the order is the one LLVM picks for this CPU's vector width, so results agree across machines to
+# rounding, as BLAS's do. A max is exact in any order: _max keeps 8 running maxima by hand.
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _sum(a):
+    """sum(a) of a 1-D array, in float64."""
+    total = 0.0
+    for c in range(a.size):
+        total += a[c]
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _dot(a, b):
+    """sum(a * b) of two 1-D arrays of one size, each product in their dtype, summed in float64."""
+    total = 0.0
+    for c in range(a.size):
+        total += a[c] * b[c]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _max(a):
+    """max(a) of a non-empty 1-D array (a NaN is skipped unless it is a[0], as in a running max)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[0]
+    n8 = a.size - a.size % 8
+    for c in range(0, n8, 8):
+        m0 = a[c] if a[c] > m0 else m0
+        m1 = a[c + 1] if a[c + 1] > m1 else m1
+        m2 = a[c + 2] if a[c + 2] > m2 else m2
+        m3 = a[c + 3] if a[c + 3] > m3 else m3
+        m4 = a[c + 4] if a[c + 4] > m4 else m4
+        m5 = a[c + 5] if a[c + 5] > m5 else m5
+        m6 = a[c + 6] if a[c + 6] > m6 else m6
+        m7 = a[c + 7] if a[c + 7] > m7 else m7
+    for c in range(n8, a.size):
+        m0 = a[c] if a[c] > m0 else m0
+    for m in (m1, m2, m3, m4, m5, m6, m7):
+        m0 = m if m > m0 else m0
+    return m0
+
+
 # ---------------------------------------------------------------------------------------- embedding
 @njit(cache=True, nogil=True)
 def _scatter_add_rows(table, ids, rows):
@@ -48,16 +93,10 @@ def _layernorm_fwd(x, w, b, out, xhat, rstd):
     N, C = x.shape
     for n in range(N):
         xr, hr, orow = x[n], xhat[n], out[n]
-        total = 0.0
+        mean = _sum(xr) / C
         for c in range(C):
-            total += xr[c]
-        mean = total / C
-        sq = 0.0
-        for c in range(C):
-            d = xr[c] - mean
-            hr[c] = d
-            sq += d * d
-        r = 1.0 / math.sqrt(sq / C + LN_EPS)
+            hr[c] = xr[c] - mean
+        r = 1.0 / math.sqrt(_dot(hr, hr) / C + LN_EPS)
         rstd[n, 0] = r
         for c in range(C):
             hr[c] = hr[c] * r
@@ -70,17 +109,12 @@ def _layernorm_bwd(dout, xhat, rstd, w, dw, db, dx):
     N, C = dout.shape
     for n in range(N):
         dr, hr, xr = dout[n], xhat[n], dx[n]
-        s1 = 0.0
-        s2 = 0.0
         for c in range(C):
-            d = dr[c] * w[c]
-            xr[c] = d
-            s1 += d
-            s2 += d * hr[c]
+            xr[c] = dr[c] * w[c]
             db[c] += dr[c]
             dw[c] += dr[c] * hr[c]
-        m1 = s1 / C
-        m2 = s2 / C
+        m1 = _sum(xr) / C
+        m2 = _dot(xr, hr) / C
         r = rstd[n, 0]
         for c in range(C):
             xr[c] = (xr[c] - m1 - hr[c] * m2) * r
@@ -156,12 +190,9 @@ def _softmax_shift(att, scale):
         a = att[r]
         for i in range(T):
             row = a[i]
-            m = row[0] * s
+            m = _max(row[:i + 1]) * s          # = the max of the scaled row: rounding is monotone, s > 0
             for j in range(i + 1):
-                row[j] = row[j] * s
-                m = row[j] if row[j] > m else m
-            for j in range(i + 1):
-                row[j] = row[j] - m
+                row[j] = row[j] * s - m
             for j in range(i + 1, T):
                 row[j] = ninf
 
@@ -174,10 +205,7 @@ def _softmax_normalise(att):
         a = att[r]
         for i in range(T):
             row = a[i]
-            total = 0.0
-            for j in range(i + 1):
-                total += row[j]
-            tot = row.dtype.type(total)
+            tot = row.dtype.type(_sum(row[:i + 1]))
             for j in range(i + 1):
                 row[j] = row[j] / tot
 
@@ -190,10 +218,7 @@ def _softmax_bwd(datt, att, scale):
     for r in range(R):
         for i in range(T):
             d, a = datt[r, i], att[r, i]
-            dot = 0.0
-            for j in range(i + 1):
-                dot += d[j] * a[j]
-            dd = d.dtype.type(dot)
+            dd = d.dtype.type(_dot(d[:i + 1], a[:i + 1]))
             for j in range(i + 1):
                 d[j] = (d[j] - dd) * a[j] * s
             for j in range(i + 1, T):
@@ -224,9 +249,7 @@ def _rows_shift(x):
     N, V = x.shape
     for n in range(N):
         row = x[n]
-        m = row[0]
-        for v in range(V):
-            m = row[v] if row[v] > m else m
+        m = _max(row)
         for v in range(V):
             row[v] = row[v] - m
 
@@ -238,10 +261,7 @@ def _rows_normalise_nll(p, targets):
     nll = 0.0
     for n in range(N):
         row = p[n]
-        total = 0.0
-        for v in range(V):
-            total += row[v]
-        tot = row.dtype.type(total)
+        tot = row.dtype.type(_sum(row))
         for v in range(V):
             row[v] = row[v] / tot
         nll -= math.log(row[targets[n]])
