@@ -21,6 +21,7 @@ from hpclm import xp as X
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 LN_EPS = 1e-5
+ATTENTION_BLOCK = 64                                           # query rows per causal block
 
 
 def _fused(a):
@@ -148,6 +149,17 @@ def causal_mask(T, dtype, xp):
     return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
 
 
+def query_blocks(T):
+    """[(a, b)]: the query rows cut into blocks of ATTENTION_BLOCK; block [a, b) attends to keys [0, b).
+
+    Causal attention needs no score above the diagonal, so each product below runs on the blocks on
+    and below it: with T = 2 blocks, 3/4 of the full T x T work. The skipped entries would be exact
+    zeros in the products' sums (after the softmax and in its gradient), so the results are the full
+    products' wherever the BLAS sums the remaining terms in the same order.
+    """
+    return [(a, min(T, a + ATTENTION_BLOCK)) for a in range(0, T, ATTENTION_BLOCK)]
+
+
 def attention_forward(qkv, B, T, n_head, mask):
     """Causal multi-head self-attention core.
 
@@ -159,7 +171,10 @@ def attention_forward(qkv, B, T, n_head, mask):
     heads = xp.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
     q, k, v = heads[0], heads[1], heads[2]                     # (B, H, T, D) each
     scale = 1.0 / math.sqrt(D)
-    att = q @ k.transpose(0, 1, 3, 2)                          # (B, H, T, T)
+    att = xp.empty((B, n_head, T, T), qkv.dtype)               # scores, then probabilities
+    for a, b in query_blocks(T):
+        xp.matmul(q[:, :, a:b], k[:, :, :b].transpose(0, 1, 3, 2), out=att[:, :, a:b, :b])
+        att[:, :, a:b, b:] = -xp.inf                           # masked: never computed
     if _fused(att) and mask.shape == (T, T):                   # the causal mask: one fused pass
         _fused(att).causal_softmax(att, scale)
     else:
@@ -168,7 +183,9 @@ def attention_forward(qkv, B, T, n_head, mask):
         att -= att.max(axis=-1, keepdims=True)
         xp.exp(att, out=att)
         att /= att.sum(axis=-1, keepdims=True)                 # softmax over keys
-    y = att @ v                                                # (B, H, T, D)
+    y = xp.empty((B, n_head, T, D), qkv.dtype)
+    for a, b in query_blocks(T):
+        xp.matmul(att[:, :, a:b, :b], v[:, :, :b], out=y[:, :, a:b])
     y = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # (N, C), copies
     return y, (heads, att)
 
@@ -181,9 +198,13 @@ def attention_backward(dy, cache):
     q, k, v = heads[0], heads[1], heads[2]
     scale = 1.0 / math.sqrt(D)
     dheads = xp.empty_like(heads)                              # (3, B, H, T, D)
+    dq, dk, dv = dheads[0], dheads[1], dheads[2]
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)          # (B, H, T, D)
-    xp.matmul(att.transpose(0, 1, 3, 2), dy, out=dheads[2])    # dv = att^T dy
-    datt = dy @ v.transpose(0, 1, 3, 2)                        # (B, H, T, T)
+    datt = xp.empty_like(att)                                  # (B, H, T, T)
+    for a, b in query_blocks(T):                               # keys [a, b) are seen by queries [a, T)
+        xp.matmul(att[:, :, a:, a:b].transpose(0, 1, 3, 2), dy[:, :, a:], out=dv[:, :, a:b])  # att^T dy
+        xp.matmul(dy[:, :, a:b], v[:, :, :b].transpose(0, 1, 3, 2), out=datt[:, :, a:b, :b])  # dy v^T
+        datt[:, :, a:b, b:] = 0                                # masked: zero gradient
     # softmax backward: dscores = att * (datt - sum(datt * att, keys))
     if _fused(datt):
         _fused(datt).causal_softmax_backward(datt, att, scale)
@@ -192,8 +213,9 @@ def attention_backward(dy, cache):
         datt -= row_dot
         datt *= att
         datt *= scale
-    xp.matmul(datt, k, out=dheads[0])                          # dq = dscores k
-    xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dheads[1])    # dk = dscores^T q
+    for a, b in query_blocks(T):
+        xp.matmul(datt[:, :, a:b, :b], k[:, :, :b], out=dq[:, :, a:b])                       # dscores k
+        xp.matmul(datt[:, :, a:, a:b].transpose(0, 1, 3, 2), q[:, :, a:], out=dk[:, :, a:b])  # dscores^T q
     return dheads.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * D)  # (N, 3C), copies
 
 

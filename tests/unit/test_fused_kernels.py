@@ -60,7 +60,7 @@ def test_gelu(shape, dtype, restore_kernels):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 1), (2, 5, 3, 4), (2, 64, 4, 16)])
+@pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 1), (2, 5, 3, 4), (2, 64, 4, 16), (1, 150, 2, 8)])
 def test_attention(B, T, H, D, dtype, restore_kernels):
     rng = np.random.default_rng(T)
     C = H * D

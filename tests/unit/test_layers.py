@@ -191,6 +191,37 @@ def test_attention_first_position_returns_its_own_value(rng):
     np.testing.assert_allclose(y.reshape(B, T, C)[:, 0], v0, rtol=1e-13)
 
 
+def test_query_blocks_tile_the_rows():
+    for T in (1, L.ATTENTION_BLOCK, L.ATTENTION_BLOCK + 1, 3 * L.ATTENTION_BLOCK - 5):
+        blocks = L.query_blocks(T)
+        assert blocks[0][0] == 0 and blocks[-1][1] == T
+        assert all(b0[1] == b1[0] for b0, b1 in zip(blocks, blocks[1:]))
+        assert all(0 < b - a <= L.ATTENTION_BLOCK for a, b in blocks)
+
+
+@pytest.mark.parametrize("T", [L.ATTENTION_BLOCK - 1, 2 * L.ATTENTION_BLOCK, 2 * L.ATTENTION_BLOCK + 22])
+def test_attention_blocks_equal_the_full_products(rng, T):
+    """Skipping the blocks above the diagonal (query_blocks) changes nothing: forward and backward
+    against the full T x T products with the additive mask, written out here."""
+    B, H, D = 2, 2, 4
+    C = H * D
+    qkv, dy = rng.normal(size=(B * T, 3 * C)), rng.normal(size=(B * T, C))
+    y, cache = L.attention_forward(qkv, B, T, H, L.causal_mask(T, np.float64, np))
+    dqkv = L.attention_backward(dy, cache)
+
+    q, k, v = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)         # (B, H, T, D) each
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(D) + L.causal_mask(T, np.float64, np)
+    att = np.exp(s - s.max(axis=-1, keepdims=True))
+    att /= att.sum(axis=-1, keepdims=True)                                 # (B, H, T, T)
+    g = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)                       # (B, H, T, D)
+    datt = g @ v.transpose(0, 1, 3, 2)
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) / math.sqrt(D)
+    full = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, att.transpose(0, 1, 3, 2) @ g])  # (3, B, H, T, D)
+    np.testing.assert_allclose(cache[1], att, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(y, (att @ v).transpose(0, 2, 1, 3).reshape(B * T, C), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dqkv, full.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * C), rtol=1e-12, atol=1e-13)
+
+
 # ---------------------------------------------------------------------------------------- cross-entropy
 
 def test_cross_entropy_is_minus_log_softmax(rng):
