@@ -168,8 +168,8 @@ def attention_forward(qkv, B, T, n_head, mask):
     xp = X.array_module(qkv)
     C = qkv.shape[1] // 3
     D = C // n_head
-    heads = xp.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
-    q, k, v = heads[0], heads[1], heads[2]                     # (B, H, T, D) each
+    heads = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D): a view, not a copy
+    q, k, v = heads[0], heads[1], heads[2]                     # (B, H, T, D) each, rows 3C apart
     scale = 1.0 / math.sqrt(D)
     att = xp.empty((B, n_head, T, T), qkv.dtype)               # scores, then probabilities
     for a, b in query_blocks(T):
@@ -183,11 +183,11 @@ def attention_forward(qkv, B, T, n_head, mask):
         att -= att.max(axis=-1, keepdims=True)
         xp.exp(att, out=att)
         att /= att.sum(axis=-1, keepdims=True)                 # softmax over keys
-    y = xp.empty((B, n_head, T, D), qkv.dtype)
+    y = xp.empty((B, T, n_head, D), qkv.dtype)
+    y_heads = y.transpose(0, 2, 1, 3)                          # (B, H, T, D) view
     for a, b in query_blocks(T):
-        xp.matmul(att[:, :, a:b, :b], v[:, :, :b], out=y[:, :, a:b])
-    y = y.transpose(0, 2, 1, 3).reshape(B * T, C)              # (N, C), copies
-    return y, (heads, att)
+        xp.matmul(att[:, :, a:b, :b], v[:, :, :b], out=y_heads[:, :, a:b])
+    return y.reshape(B * T, C), (heads, att)
 
 
 def attention_backward(dy, cache):
@@ -197,7 +197,8 @@ def attention_backward(dy, cache):
     _, B, H, T, D = heads.shape
     q, k, v = heads[0], heads[1], heads[2]
     scale = 1.0 / math.sqrt(D)
-    dheads = xp.empty_like(heads)                              # (3, B, H, T, D)
+    dqkv = xp.empty((B, T, 3, H, D), heads.dtype)
+    dheads = dqkv.transpose(2, 0, 3, 1, 4)                     # (3, B, H, T, D) view
     dq, dk, dv = dheads[0], dheads[1], dheads[2]
     dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)          # (B, H, T, D)
     datt = xp.empty_like(att)                                  # (B, H, T, T)
@@ -216,7 +217,7 @@ def attention_backward(dy, cache):
     for a, b in query_blocks(T):
         xp.matmul(datt[:, :, a:b, :b], k[:, :, :b], out=dq[:, :, a:b])                       # dscores k
         xp.matmul(datt[:, :, a:, a:b].transpose(0, 1, 3, 2), q[:, :, a:], out=dk[:, :, a:b])  # dscores^T q
-    return dheads.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * H * D)  # (N, 3C), copies
+    return dqkv.reshape(B * T, 3 * H * D)                      # (N, 3C)
 
 
 # ---------------------------------------------------------------------------------------- loss
