@@ -114,13 +114,17 @@ class AdamW(Optimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
 
+    def step(self, params, grads, lr):
+        if not (isinstance(params, numpy.ndarray) and kernels.enabled()):
+            return super().step(params, grads, lr)
+        self.t += 1                                            # decay and update: one compiled pass (hpclm.model.fused)
+        from hpclm.model.fused import adamw_update
+        b1, b2, t_v, wd = self.cfg.beta1, self.cfg.beta2, self._updates_of_v(), self.cfg.weight_decay
+        adamw_update(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], b1, b2, self.cfg.eps, lr,
+                     1.0 - b1 ** self.t, 1.0 - b2 ** t_v, update_m=True, update_v=t_v == self.t,
+                     decay_mask=self.decay_mask if wd > 0 else None, lr_wd=lr * wd)
+
     def _update(self, params, grads, lr):
-        if isinstance(params, numpy.ndarray) and kernels.enabled():     # one compiled pass (hpclm.model.fused)
-            from hpclm.model.fused import adamw_update
-            b1, b2, t_v = self.cfg.beta1, self.cfg.beta2, self._updates_of_v()
-            adamw_update(params, grads, self.state["exp_avg"], self.state["exp_avg_sq"], b1, b2, self.cfg.eps, lr,
-                         1.0 - b1 ** self.t, 1.0 - b2 ** t_v, update_m=True, update_v=t_v == self.t)
-            return
         self.update_moments(grads)
         self.apply_moments(params, lr)
 

@@ -295,13 +295,18 @@ def cross_entropy_backward(cache):
 
 # ---------------------------------------------------------------------------------------- AdamW
 @njit(cache=True, parallel=True)
-def _adamw(p, g, m, v, b1, c1, b2, c2, inv_sqrt_bias2, eps, step, update_m, update_v):
-    """NumPy's AdamW._update, operation for operation: m = b1 m + c1 g; v = b2 v + c2 g g;
+def _adamw(p, g, m, v, b1, c1, b2, c2, inv_sqrt_bias2, eps, step, update_m, update_v, decay, mask, lr_wd):
+    """NumPy's Optimizer.decay then AdamW._update, operation for operation: with decay, first
+    p -= (p mask) lr_wd; then m = b1 m + c1 g; v = b2 v + c2 g g;
     p -= step * m / (sqrt(v) inv_sqrt_bias2 + eps) (c = 1 - beta, step = lr / bias1)."""
     n = p.size
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(n, c * CHUNK + CHUNK)
         pc, gc, mc, vc = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+        if decay:
+            dc = mask[lo:hi]
+            for i in range(pc.size):
+                pc[i] -= pc[i] * dc[i] * lr_wd
         for i in range(pc.size):
             if update_m:
                 mc[i] = mc[i] * b1 + gc[i] * c1
@@ -310,11 +315,13 @@ def _adamw(p, g, m, v, b1, c1, b2, c2, inv_sqrt_bias2, eps, step, update_m, upda
             pc[i] -= mc[i] / (np.sqrt(vc[i]) * inv_sqrt_bias2 + eps) * step
 
 
-def adamw_update(params, grads, m, v, b1, b2, eps, lr, bias1, bias2, update_m, update_v):
-    """One AdamW step over the flat buffers, in place (twin: hpclm.optim.AdamW._update)."""
+def adamw_update(params, grads, m, v, b1, b2, eps, lr, bias1, bias2, update_m, update_v, decay_mask=None, lr_wd=0.0):
+    """One AdamW step over the flat buffers, in place (twin: hpclm.optim.AdamW._update), after the
+    decoupled weight decay p -= lr_wd * decay_mask * p when decay_mask is given (twin: Optimizer.decay)."""
     import numba
     if kernels.threads() > 0:
         numba.set_num_threads(min(kernels.threads(), numba.config.NUMBA_NUM_THREADS))
     d = params.dtype.type
+    decay = decay_mask is not None
     _adamw(params, grads, m, v, d(b1), d(1.0 - b1), d(b2), d(1.0 - b2), d(1.0 / math.sqrt(bias2)), d(eps),
-           d(lr / bias1), bool(update_m), bool(update_v))
+           d(lr / bias1), bool(update_m), bool(update_v), decay, decay_mask if decay else params, d(lr_wd))
