@@ -293,6 +293,23 @@ def cross_entropy_backward(cache):
     return probs
 
 
+# ---------------------------------------------------------------------------------------- slice gradients
+@njit(cache=True, nogil=True)
+def _add_scaled(out, part, w, first):
+    if first:
+        for i in range(out.size):
+            out[i] = part[i] * w
+    else:
+        for i in range(out.size):
+            out[i] = out[i] + part[i] * w
+
+
+def add_scaled(out, part, w, first):
+    """ThreadedGPT's row-weighted sum of slice gradients: out = part * w (first) or out += part * w,
+    flat (n,) arrays; the product rounded, then the sum, as NumPy's two operations (bit-identical)."""
+    _add_scaled(out, part, out.dtype.type(w), bool(first))
+
+
 # ---------------------------------------------------------------------------------------- AdamW
 @njit(cache=True, parallel=True)
 def _adamw(p, g, m, v, b1, c1, b2, c2, inv_sqrt_bias2, eps, step, update_m, update_v, decay, mask, lr_wd):

@@ -12,8 +12,10 @@ still fires early for communication overlap.
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy
 from threadpoolctl import ThreadpoolController
 
+from hpclm import kernels
 from hpclm import xp as X
 from hpclm.model.gpt import GPT
 
@@ -105,13 +107,21 @@ class _SegmentCombiner:
             if lo >= hi:
                 return
             seg = slice(lo, hi)
-            xp = X.array_module(self.out)
             for i, (part, w) in enumerate(zip(self.parts, self.weights)):
-                if i == 0 and not self.accumulate:
-                    xp.multiply(part[seg], w, out=self.out[seg])               # (hi - lo,)
-                else:
-                    xp.multiply(part[seg], w, out=self.scratch[seg])
-                    self.out[seg] += self.scratch[seg]
+                _add_scaled(self.out[seg], part[seg], w, i == 0 and not self.accumulate, self.scratch[seg])
             self.done = lo
             if self.grad_ready is not None:
                 self.grad_ready(lo)
+
+
+def _add_scaled(out, part, w, first, scratch):
+    """out = part * w (first) or out += part * w, (n,) each, rounding the product and then the sum as
+    NumPy does; one compiled pass when the kernels are on (hpclm.model.fused.add_scaled)."""
+    if isinstance(out, numpy.ndarray) and kernels.enabled():
+        from hpclm.model.fused import add_scaled
+        add_scaled(out, part, w, first)
+    elif first:
+        X.array_module(out).multiply(part, w, out=out)
+    else:
+        X.array_module(out).multiply(part, w, out=scratch)
+        out += scratch

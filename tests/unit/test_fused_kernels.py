@@ -148,3 +148,23 @@ def test_embedding_backward_bit_identical(N, V, C, dtype, restore_kernels):
         return dwte, dwpe
     for a, c in zip(*both(run)):
         assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 1001])
+def test_add_scaled_bit_identical(n, dtype, restore_kernels):
+    """ThreadedGPT's weighted sum of slice gradients: first part written, later parts added."""
+    rng = np.random.default_rng(n)
+    parts = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    start = rng.standard_normal(n).astype(dtype)
+    from hpclm.model.threaded import _add_scaled
+
+    def run():
+        out, scratch = start.copy(), np.empty(n, dtype)
+        for i, part in enumerate(parts):
+            _add_scaled(out, part, 1 / 3, i == 0, scratch)
+        again = out.copy()
+        _add_scaled(again, parts[0], 0.3, False, scratch)                # accumulating onto earlier sums
+        return out, again
+    for a, b in zip(*both(run)):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
