@@ -134,6 +134,47 @@ def layernorm_backward(dout, cache, dweight, dbias):
     return dx
 
 
+# ---------------------------------------------------------------------------------------- bias + residual
+@njit(cache=True, nogil=True)
+def _bias_residual(h, b, x):
+    """h (N, C) <- (h + b) + x: NumPy's two adds, rounding for rounding."""
+    N, C = h.shape
+    for n in range(N):
+        hr, xr = h[n], x[n]
+        for c in range(C):
+            hr[c] = (hr[c] + b[c]) + xr[c]
+
+
+@njit(cache=True, nogil=True)
+def _residual_bias_bwd(d, dr, db):
+    """d (N, C) += dr; db += the column sums of d, row after row from row 0 (NumPy's axis-0 sum)."""
+    N, C = d.shape
+    if N == 0:
+        return
+    total = np.empty(C, d.dtype)
+    for n in range(N):
+        row, rr = d[n], dr[n]
+        for c in range(C):
+            row[c] = row[c] + rr[c]
+        if n == 0:
+            total[:] = row
+        else:
+            for c in range(C):
+                total[c] = total[c] + row[c]
+    for c in range(C):
+        db[c] = db[c] + total[c]
+
+
+def bias_residual_forward(h, bias, residual):
+    _bias_residual(h, bias, np.ascontiguousarray(residual))
+    return h
+
+
+def residual_bias_backward(d, dresidual, dbias):
+    _residual_bias_bwd(d, np.ascontiguousarray(dresidual), dbias)
+    return d
+
+
 # ---------------------------------------------------------------------------------------- GELU
 @njit(cache=True, nogil=True)
 def _gelu_inner(h, t):

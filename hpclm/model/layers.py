@@ -105,6 +105,26 @@ def linear_backward(dout, x, weight, dweight, dbias, need_dx=True):
     return dout @ weight.T if need_dx else None                # (N, Cin)
 
 
+# ---------------------------------------------------------------------------------------- bias + residual
+def bias_residual_forward(h, bias, residual):
+    """h (N, C) <- (h + bias) + residual, in place: a projection's bias and the residual stream."""
+    if _fused(h):
+        return _fused(h).bias_residual_forward(h, bias, residual)
+    h += bias
+    h += residual
+    return h
+
+
+def residual_bias_backward(d, dresidual, dbias):
+    """d (N, C) += dresidual (the residual's gradient), then dbias (C,) += the column sums of d
+    (the gradient of the bias added before the residual); returns d."""
+    if _fused(d):
+        return _fused(d).residual_bias_backward(d, dresidual, dbias)
+    d += dresidual
+    dbias += d.sum(axis=0)
+    return d
+
+
 # ---------------------------------------------------------------------------------------- GELU
 def gelu_forward(h):
     """GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))."""

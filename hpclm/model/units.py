@@ -162,16 +162,12 @@ class Block:
         a = hooks.column_in(a)
         qkv, _ = L.linear_forward(a, p[self._attn_w], p[self._attn_b])               # (N, 3C)
         y, attn = L.attention_forward(qkv, B, T, self.n_head, self._causal_mask(T, x))  # (N, C)
-        h = hooks.row_out(y @ p[self._aproj_w])                                       # (N, C)
-        h += p[self._aproj_b]
-        h += x                                                 # residual, into h's own array
+        h = L.bias_residual_forward(hooks.row_out(y @ p[self._aproj_w]), p[self._aproj_b], x)  # (N, C)
         m, ln_2 = _layernorm_forward(h, p[self._ln2_w], p[self._ln2_b])
         m = hooks.column_in(m)
         f, _ = L.linear_forward(m, p[self._fc_w], p[self._fc_b])                       # (N, 4C)
         act, gelu = L.gelu_forward(f)
-        out = hooks.row_out(act @ p[self._mproj_w])                                   # (N, C)
-        out += p[self._mproj_b]
-        out += h
+        out = L.bias_residual_forward(hooks.row_out(act @ p[self._mproj_w]), p[self._mproj_b], h)  # (N, C)
         return out, BlockCache(ln_1, a, attn, y, ln_2, m, gelu, act)
 
     def backward(self, p, g, dy, cache):
@@ -184,8 +180,7 @@ class Block:
         dm = L.linear_backward(df, cache.c_fc_in, p[self._fc_w], g[self._fc_w], g[self._fc_b])
         dh = _layernorm_backward(hooks.column_in_backward(dm), cache.ln_2, p[self._ln2_w],
                                  g[self._ln2_w], g[self._ln2_b])
-        dh += dy                                               # residual
-        g[self._aproj_b] += dh.sum(axis=0)
+        dh = L.residual_bias_backward(dh, dy, g[self._aproj_b])
         dyatt = L.linear_backward(hooks.row_out_backward(dh), cache.c_proj_in, p[self._aproj_w],
                                   g[self._aproj_w], None)                              # (N, C)
         dqkv = L.attention_backward(dyatt, cache.attn)                                 # (N, 3C)

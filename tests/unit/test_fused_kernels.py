@@ -168,3 +168,20 @@ def test_add_scaled_bit_identical(n, dtype, restore_kernels):
         return out, again
     for a, b in zip(*both(run)):
         assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C", [(0, 4), (1, 1), (5, 33), (1024, 256)])
+def test_bias_residual_bit_identical(N, C, dtype, restore_kernels):
+    """A projection's bias + the residual forward, and the residual's gradient + the bias's backward."""
+    rng = np.random.default_rng(N + C)
+    h, x, d, dr = (rng.standard_normal((N, C)).astype(dtype) for _ in range(4))
+    b, db0 = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+
+    def run():
+        out = L.bias_residual_forward(h.copy(), b, x)
+        db = db0.copy()                                                  # backward adds into it
+        dd = L.residual_bias_backward(d.copy(), dr, db)
+        return out, dd, db
+    for a, c in zip(*both(run)):
+        assert np.array_equal(a.view(np.uint8), c.view(np.uint8))
