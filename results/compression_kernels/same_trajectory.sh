@@ -2,7 +2,8 @@
 # Do this session's compressor kernels leave training unchanged? The char recipe on 4 ranks for 200
 # steps with each changed compressor, once from a checkout of BASE (a git worktree at WORKTREE) and
 # once from this tree, on the same machine; prints whether the logged losses agree and whether the final
-# checkpoints (parameters, optimizer state, error-feedback residuals) are identical bit for bit. Run from the repository root:
+# checkpoints (parameters, optimizer state, error-feedback residuals) are identical bit for bit. KERNELS=numpy|numba
+# pins train.kernels on both sides. Run from the repository root:
 #   git worktree add /tmp/base 13d827f && WORKTREE=/tmp/base bash results/compression_kernels/same_trajectory.sh
 set -u
 source jobscripts/env.sh
@@ -14,7 +15,7 @@ for name in ${COMPRESSORS:-fp16 topk threshold terngrad kmeans randomk}; do
     root=$PWD; [ $side = base ] && root=$WORKTREE
     (cd "$root" && PYTHONPATH="$root" mpiexec -n 4 python -m hpclm.cli train --config jobscripts/configs/shakespeare_char.toml \
       --data "$OLDPWD/../shared/data/tinyshakespeare.txt" --set compress.name=$name --set train.max_steps=200 \
-      --set train.eval_interval=100 --set train.log_interval=10 --out "$OUT/${name}_$side" --overwrite) \
+      --set train.eval_interval=100 --set train.log_interval=10 ${KERNELS:+--set train.kernels=$KERNELS} --out "$OUT/${name}_$side" --overwrite) \
       > "$OUT/${name}_$side.log" 2>&1
   done
   same=$(python - "$OUT/${name}_base" "$OUT/${name}_this" <<'PY'
