@@ -6,10 +6,11 @@ forward of one path and a backward of the other agree. Matrix products stay on B
 transcendental functions (exp, tanh) stay on NumPy's SIMD loops, which are many times faster
 than Numba's scalar libm calls: a kernel does everything between them in one pass over the
 data. Model kernels are serial and release the GIL (`nogil`): ThreadedGPT's row-slice threads
-run them side by side. The AdamW update is parallel over chunks (it runs once per step, on the
-caller's thread). Row reductions (means, variances, softmax sums) run in another order than
-NumPy's pairwise sums: results agree to rounding (float64: ~1e-15 relative), not to the bit;
-AdamW's arithmetic is NumPy's, operation for operation, so it is bit-identical.
+run them side by side. The AdamW update (with the decoupled weight decay) is parallel over chunks
+(it runs once per step, on the caller's thread). Row reductions (means, variances, softmax sums)
+run in another order than NumPy's pairwise sums: results agree to rounding (float64: ~1e-15
+relative), not to the bit. AdamW, bias + residual and ThreadedGPT's weighted gradient sum do
+NumPy's arithmetic, operation for operation, so they are bit-identical.
 
 Shapes: N rows, C channels, (B, H, T, T) attention scores, V vocabulary.
 """
