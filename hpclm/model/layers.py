@@ -183,7 +183,9 @@ def query_blocks(T):
 def attention_forward(qkv, B, T, n_head, mask):
     """Causal multi-head self-attention core.
 
-    qkv (N, 3C) laid out [q | k | v] -> y (N, C). mask (T, T) from causal_mask.
+    qkv (N, 3C) laid out [q | k | v] -> y (N, C). mask (T, T) from causal_mask (the NumPy path adds
+    it; the blocks above the diagonal are never computed whatever it holds: query_blocks).
+    The cache keeps views of qkv (not copies), so qkv must not change before the backward.
     """
     xp = X.array_module(qkv)
     C = qkv.shape[1] // 3
